@@ -1,0 +1,1 @@
+"""Model definitions; they know nothing of files, hubs or images."""

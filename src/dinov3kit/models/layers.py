@@ -1,0 +1,191 @@
+"""The building blocks of a DINOv3 ViT, one small module each. Shapes: B batch, N tokens, D width."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .rope import apply_rope
+
+ACTIVATIONS = {
+    "gelu": nn.GELU,
+    "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"),
+    "gelu_new": lambda: nn.GELU(approximate="tanh"),
+    "silu": nn.SiLU,
+    "swish": nn.SiLU,
+    "relu": nn.ReLU,
+}
+
+
+def activation(name: str) -> nn.Module:
+    """The activation module for a transformers `hidden_act` name."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported hidden_act {name!r}; choose from {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches to tokens; a remainder that does not fill a patch is cropped."""
+
+    def __init__(self, num_channels: int, dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(num_channels, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.proj(pixel_values).flatten(2).transpose(1, 2)  # [B, h*w, D]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused QKV matmul and optional per-projection biases."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        query_bias: bool,
+        key_bias: bool,
+        value_bias: bool,
+        proj_bias: bool,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(dim)) if query_bias else None
+        self.k_bias = nn.Parameter(torch.zeros(dim)) if key_bias else None
+        self.v_bias = nn.Parameter(torch.zeros(dim)) if value_bias else None
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+
+    def qkv_bias(self) -> torch.Tensor | None:
+        """The [3D] bias of the fused projection (zeros for projections without bias), or None."""
+        biases = (self.q_bias, self.k_bias, self.v_bias)
+        if all(b is None for b in biases):
+            return None
+        zeros = torch.zeros(self.proj.in_features, dtype=self.qkv.weight.dtype, device=self.qkv.weight.device)
+        return torch.cat([zeros if b is None else b for b in biases])
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        num_prefix_tokens: int,
+        *,
+        eager: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, tokens, dim = x.shape
+        qkv = F.linear(x, self.qkv.weight, self.qkv_bias())
+        q, k, v = qkv.view(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [B, H, N, d]
+        q = apply_rope(q, *rope, num_prefix_tokens)
+        k = apply_rope(k, *rope, num_prefix_tokens)
+        dropout = self.dropout if self.training else 0.0
+        if eager:
+            weights = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1)  # [B, H, N, N]
+            out = F.dropout(weights, dropout, self.training) @ v
+        else:
+            weights = None
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        out = out.transpose(1, 2).reshape(batch, tokens, dim)
+        return self.proj(out), weights
+
+
+class Mlp(nn.Module):
+    """Feed-forward network. Gated (SwiGLU-style) when `gated`: fc1 holds the gate rows, then the up rows,
+    so one matmul computes both."""
+
+    def __init__(self, dim: int, hidden: int, *, act: str, bias: bool, gated: bool) -> None:
+        super().__init__()
+        self.gated = gated
+        self.fc1 = nn.Linear(dim, 2 * hidden if gated else hidden, bias=bias)
+        self.act = activation(act)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc1(x)
+        if self.gated:
+            gate, up = x.chunk(2, dim=-1)
+            return self.fc2(self.act(gate) * up)
+        return self.fc2(self.act(x))
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual scale."""
+
+    def __init__(self, dim: int, init_value: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch of random samples in training."""
+
+    def __init__(self, drop_prob: float) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x)))."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_hidden: int,
+        *,
+        act: str,
+        gated_mlp: bool,
+        query_bias: bool,
+        key_bias: bool,
+        value_bias: bool,
+        proj_bias: bool,
+        mlp_bias: bool,
+        layerscale_value: float,
+        norm_eps: float,
+        drop_path: float = 0.0,
+        attention_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(
+            dim,
+            num_heads,
+            query_bias=query_bias,
+            key_bias=key_bias,
+            value_bias=value_bias,
+            proj_bias=proj_bias,
+            dropout=attention_dropout,
+        )
+        self.ls1 = LayerScale(dim, layerscale_value)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, mlp_hidden, act=act, bias=mlp_bias, gated=gated_mlp)
+        self.ls2 = LayerScale(dim, layerscale_value)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        num_prefix_tokens: int,
+        eager: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn, weights = self.attn(self.norm1(x), rope, num_prefix_tokens, eager=eager)
+        x = x + self.drop_path(self.ls1(attn))
+        x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+        return x, weights

@@ -1,0 +1,85 @@
+"""2-D rotary position embedding (RoPE) of DINOv3 as small pure functions.
+
+Patch tokens get coordinates in [-1, 1] (row, column of each patch centre); each head rotates pairs of
+channels by angles 2π · coordinate / period, with the row frequencies first, then the column ones,
+and the whole layout tiled twice ("rotate half" convention). Prefix tokens (CLS, registers) are not
+rotated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def rope_periods(head_dim: int, base: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Periods base^(4i / head_dim) for i in [0, head_dim / 4): one per row/column frequency."""
+    exponents = torch.arange(head_dim // 4, dtype=torch.float32) * 4 / head_dim
+    return (base**exponents).to(dtype)  # [head_dim / 4]
+
+
+def patch_coordinates(
+    height: int, width: int, *, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Patch-centre coordinates in [-1, 1], row-major over the grid: [height * width, 2] as (y, x)."""
+    ys = torch.arange(0.5, height, device=device, dtype=dtype) / height * 2 - 1
+    xs = torch.arange(0.5, width, device=device, dtype=dtype) / width * 2 - 1
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)  # [H, W, 2]
+    return grid.flatten(0, 1)
+
+
+def augment_coordinates(
+    coords: torch.Tensor,
+    *,
+    shift: float | None = None,
+    jitter: float | None = None,
+    rescale: float | None = None,
+) -> torch.Tensor:
+    """Training-time coordinate augmentation: a random shift per axis in [-shift, shift], a log-uniform
+    scale per axis in [1/jitter, jitter], then one log-uniform scale in [1/rescale, rescale] for both."""
+
+    def uniform(shape: tuple[int, ...], bound: float) -> torch.Tensor:
+        return torch.empty(shape, device=coords.device, dtype=coords.dtype).uniform_(-bound, bound)
+
+    if shift is not None:
+        coords = coords + uniform((1, 2), shift)
+    if jitter is not None:
+        coords = coords * uniform((1, 2), math.log(jitter)).exp()
+    if rescale is not None:
+        coords = coords * uniform((1,), math.log(rescale)).exp()
+    return coords
+
+
+def rope_angles(coords: torch.Tensor, periods: torch.Tensor) -> torch.Tensor:
+    """Rotation angles [N, head_dim]: [y-frequencies | x-frequencies] tiled twice."""
+    angles = 2 * math.pi * coords[:, :, None] / periods.to(coords.dtype)[None, None, :]  # [N, 2, head_dim/4]
+    return angles.flatten(1).tile(2)
+
+
+def rope_cos_sin(
+    height: int,
+    width: int,
+    periods: torch.Tensor,
+    *,
+    augment: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables [height * width, head_dim] in fp32 for a grid of patches."""
+    coords = patch_coordinates(height, width, device=periods.device)
+    if augment:
+        coords = augment_coordinates(coords, **augment)
+    angles = rope_angles(coords, periods.float())
+    return angles.cos(), angles.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) over the last dimension."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    """Rotate the patch tokens of x [B, heads, N, head_dim] (computed in fp32); prefix tokens pass through."""
+    prefix, patches = x[:, :, :num_prefix_tokens], x[:, :, num_prefix_tokens:]
+    rotated = patches.float() * cos + rotate_half(patches.float()) * sin
+    return torch.cat((prefix, rotated.to(x.dtype)), dim=2)

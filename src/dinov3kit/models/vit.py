@@ -1,0 +1,260 @@
+"""DINOv3 Vision Transformer: the model (tokens and pooled CLS) and the backbone (feature maps).
+
+Token layout: [CLS, registers..., patches (row-major)]. RoPE acts on patch tokens only.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..configs import DINOv3ViTConfig
+from .base import PreTrainedModel
+from .layers import Block, PatchEmbed
+from .outputs import BackboneOutput, BaseModelOutputWithPooling
+from .rope import rope_cos_sin, rope_periods
+
+
+class DINOv3ViTPreTrainedModel(PreTrainedModel):
+    """Parameters and token encoder shared by `DINOv3ViTModel` and `DINOv3ViTBackbone` (same weights)."""
+
+    config_class = DINOv3ViTConfig
+
+    def __init__(self, config: DINOv3ViTConfig) -> None:
+        super().__init__(config)
+        dim = config.hidden_size
+        self.cls_token = nn.Parameter(torch.empty(1, 1, dim))
+        self.register_tokens = nn.Parameter(torch.empty(1, config.num_register_tokens, dim))
+        self.mask_token = nn.Parameter(torch.empty(1, 1, dim))
+        self.patch_embed = PatchEmbed(config.num_channels, dim, config.patch_size)
+        self.register_buffer("rope_periods", rope_periods(config.head_dim, config.rope_theta))
+        self.blocks = nn.ModuleList(
+            Block(
+                dim,
+                config.num_attention_heads,
+                config.intermediate_size,
+                act=config.hidden_act,
+                gated_mlp=config.use_gated_mlp,
+                query_bias=config.query_bias,
+                key_bias=config.key_bias,
+                value_bias=config.value_bias,
+                proj_bias=config.proj_bias,
+                mlp_bias=config.mlp_bias,
+                layerscale_value=config.layerscale_value,
+                norm_eps=config.layer_norm_eps,
+                drop_path=config.drop_path_rate,
+                attention_dropout=config.attention_dropout,
+            )
+            for _ in range(config.num_hidden_layers)
+        )
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        if not self.cls_token.is_meta:
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Random initialisation for training from scratch (truncated normal, zero biases, as transformers)."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                nn.init.trunc_normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        for name, param in self.named_parameters():
+            if name.endswith(("q_bias", "k_bias", "v_bias")):
+                nn.init.zeros_(param)
+            elif name.endswith("gamma"):
+                nn.init.constant_(param, self.config.layerscale_value)
+        nn.init.trunc_normal_(self.cls_token, std=std)
+        nn.init.trunc_normal_(self.register_tokens, std=std)
+        nn.init.zeros_(self.mask_token)
+        self.rope_periods.copy_(rope_periods(self.config.head_dim, self.config.rope_theta))
+
+    def patch_grid(self, pixel_values: torch.Tensor) -> tuple[int, int]:
+        """Patches per column and per row for an input (a remainder smaller than a patch is cropped)."""
+        height, width = pixel_values.shape[-2:]
+        return height // self.config.patch_size, width // self.config.patch_size
+
+    def rope_tables(self, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE cos/sin for a patch grid; coordinates are augmented only in training mode."""
+        config = self.config
+        augment = None
+        if self.training:
+            augment = dict(shift=config.pos_embed_shift, jitter=config.pos_embed_jitter, rescale=config.pos_embed_rescale)
+        return rope_cos_sin(*grid, self.rope_periods, augment=augment)
+
+    def embed(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens before the first block: [B, 1 + registers + patches, D]."""
+        patches = self.patch_embed(pixel_values.to(self.patch_embed.proj.weight.dtype))  # [B, h*w, D]
+        if bool_masked_pos is not None:
+            mask = bool_masked_pos.reshape(patches.shape[0], -1, 1).bool()
+            patches = torch.where(mask, self.mask_token.to(patches.dtype), patches)
+        batch = patches.shape[0]
+        return torch.cat(
+            [self.cls_token.expand(batch, -1, -1), self.register_tokens.expand(batch, -1, -1), patches], dim=1
+        )
+
+    def encode(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        *,
+        output_attentions: bool = False,
+        num_blocks: int | None = None,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Run the embeddings and the first `num_blocks` blocks (all by default).
+
+        Returns the hidden states (embeddings, then each block's output, before the final norm) and,
+        when asked, each block's attention weights.
+        """
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"pixel_values must be [batch, {self.config.num_channels}, height, width], got {tuple(pixel_values.shape)}"
+            )
+        grid = self.patch_grid(pixel_values)
+        if min(grid) < 1:
+            raise ValueError(
+                f"input {tuple(pixel_values.shape[-2:])} is smaller than one {self.config.patch_size}px patch"
+            )
+        x = self.embed(pixel_values, bool_masked_pos)
+        rope = self.rope_tables(grid)
+        eager = output_attentions or self.attn_implementation == "eager"
+        prefix = self.config.num_prefix_tokens
+        hidden_states, attentions = [x], []
+        for block in self.blocks[:num_blocks]:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x, weights = checkpoint(block, x, rope, prefix, eager, use_reentrant=False)
+            else:
+                x, weights = block(x, rope, prefix, eager)
+            hidden_states.append(x)
+            if output_attentions:
+                attentions.append(weights)
+        return hidden_states, attentions
+
+    def get_intermediate_layers(
+        self,
+        pixel_values: torch.Tensor,
+        n: int | Sequence[int] = 1,
+        *,
+        reshape: bool = False,
+        return_class_token: bool = False,
+        return_extra_tokens: bool = False,
+        norm: bool = True,
+    ) -> tuple:
+        """Patch features of chosen blocks, as in Meta's API: `n` is the number of last blocks or a list of
+        0-based block indices. `reshape=True` gives NCHW maps [B, D, h, w]. With `return_class_token` /
+        `return_extra_tokens` each entry is a tuple (patches, cls [B, D], registers [B, R, D])."""
+        depth = self.config.num_hidden_layers
+        indices = list(range(depth - n, depth)) if isinstance(n, int) else [i % depth for i in n]
+        hidden_states, _ = self.encode(pixel_values, num_blocks=max(indices) + 1)
+        grid = self.patch_grid(pixel_values)
+        prefix = self.config.num_prefix_tokens
+        results = []
+        for index in indices:
+            tokens = hidden_states[index + 1]
+            if norm:
+                tokens = self.norm(tokens)
+            patches = tokens[:, prefix:]
+            if reshape:
+                patches = patches.unflatten(1, grid).permute(0, 3, 1, 2).contiguous()
+            extras = ([tokens[:, 0]] if return_class_token else []) + ([tokens[:, 1:prefix]] if return_extra_tokens else [])
+            results.append((patches, *extras) if extras else patches)
+        return tuple(results)
+
+    def forward_features(self, pixel_values: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Meta's `forward_features` dictionary: normed CLS, registers and patches, and the pre-norm tokens."""
+        hidden_states, _ = self.encode(pixel_values, masks)
+        tokens = self.norm(hidden_states[-1])
+        prefix = self.config.num_prefix_tokens
+        return {
+            "x_norm_clstoken": tokens[:, 0],
+            "x_storage_tokens": tokens[:, 1:prefix],
+            "x_norm_patchtokens": tokens[:, prefix:],
+            "x_prenorm": hidden_states[-1],
+            "masks": masks,
+        }
+
+
+class DINOv3ViTModel(DINOv3ViTPreTrainedModel):
+    """DINOv3 ViT returning normed tokens (`last_hidden_state`) and the normed CLS (`pooler_output`)."""
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = True,
+    ) -> BaseModelOutputWithPooling | tuple:
+        hidden_states, attentions = self.encode(pixel_values, bool_masked_pos, output_attentions=bool(output_attentions))
+        tokens = self.norm(hidden_states[-1])
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=tokens,
+            pooler_output=tokens[:, 0],
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+        )
+        return output if return_dict or return_dict is None else output.to_tuple()
+
+
+class DINOv3ViTBackbone(DINOv3ViTPreTrainedModel):
+    """Feature maps of the stages chosen by `config.out_features` / `out_indices` (stem = embeddings,
+    stageN = output of block N), normed when `apply_layernorm`, NCHW when `reshape_hidden_states`."""
+
+    @property
+    def stage_names(self) -> list[str]:
+        return self.config.stage_names
+
+    @property
+    def out_features(self) -> list[str]:
+        return self.config.out_features
+
+    @property
+    def out_indices(self) -> list[int]:
+        return self.config.out_indices
+
+    @property
+    def num_features(self) -> list[int]:
+        return [self.config.hidden_size] * len(self.stage_names)
+
+    @property
+    def channels(self) -> list[int]:
+        return [self.config.hidden_size for _ in self.out_features]
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = True,
+    ) -> BackboneOutput | tuple:
+        config = self.config
+        hidden_states, attentions = self.encode(pixel_values, output_attentions=bool(output_attentions))
+        last_hidden_state = self.norm(hidden_states[-1])
+        batch, grid, prefix = pixel_values.shape[0], self.patch_grid(pixel_values), config.num_prefix_tokens
+        feature_maps, cls_tokens = [], []
+        for index in config.out_indices:
+            index %= len(hidden_states)
+            if index == len(hidden_states) - 1:
+                tokens = last_hidden_state
+            else:
+                tokens = self.norm(hidden_states[index]) if config.apply_layernorm else hidden_states[index]
+            patches = tokens[:, prefix:]
+            if config.reshape_hidden_states:
+                patches = patches.reshape(batch, *grid, -1).permute(0, 3, 1, 2).contiguous()
+            feature_maps.append(patches)
+            cls_tokens.append(tokens[:, 0])
+        output = BackboneOutput(
+            feature_maps=tuple(feature_maps),
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+            cls_tokens=tuple(cls_tokens) if config.return_class_token else None,
+        )
+        output.last_hidden_state = last_hidden_state
+        return output if return_dict or return_dict is None else output.to_tuple()

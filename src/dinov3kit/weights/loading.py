@@ -1,0 +1,296 @@
+"""Checkpoint → model and model → checkpoint, for every supported layout.
+
+The model is built on the meta device (no memory, no random init), each tensor is read once from the
+file, converted to the target dtype and device, and assigned: no second full copy of the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..configs import DINOv3ViTConfig
+from ..models.rope import rope_periods
+from . import hf, meta
+from .errors import CheckpointError
+from .files import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, TensorFile
+from .keymap import KeyRule, translate
+from .resolve import Checkpoint, HubOptions, locate
+
+#: Config key under which a saved folder keeps RoPE periods that differ from the ones rope_theta gives
+#: (Meta checkpoints store them rounded to bf16). transformers ignores it; we use it to stay exact.
+ROPE_PERIODS_KEY = "dinov3kit_rope_periods"
+#: Tensors kept in float32 whatever the model dtype.
+FLOAT32_KEYS = ("rope_periods",)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one model type is stored in one checkpoint layout ("hf" = transformers, "meta" = Meta .pth)."""
+
+    rules: Callable[[Any], list[KeyRule]]
+    canonical_key: Callable[[str], str] = lambda key: key
+    loader: Callable[[TensorFile], Callable[[str], torch.Tensor]] = lambda tensors: tensors.load
+    ignored: tuple[re.Pattern, ...] = ()
+    derived: Callable[[Any], dict[str, torch.Tensor]] = lambda config: {}
+    #: Meta layout only: whether a state dict holds this model type, and its config from the tensors.
+    detect: Callable[[TensorFile], bool] | None = None
+    infer_config: Callable[[TensorFile, str], Any] | None = None
+    #: Adjusts a state dict written in this layout (Meta: bias masks, token shapes).
+    finish_save: Callable[[dict[str, torch.Tensor], Any], None] = lambda state, config: None
+
+
+def vit_derived_tensors(config: DINOv3ViTConfig) -> dict[str, torch.Tensor]:
+    """Tensors that the transformers layout does not store but computes from the config."""
+    if ROPE_PERIODS_KEY in config.extra:
+        return {"rope_periods": torch.tensor(config.extra[ROPE_PERIODS_KEY], dtype=torch.float32)}
+    return {"rope_periods": rope_periods(config.head_dim, config.rope_theta)}
+
+
+#: (model_type, layout) → how to read and write it.
+LAYOUTS: dict[tuple[str, str], Layout] = {
+    ("dinov3_vit", "hf"): Layout(hf.vit_rules, hf.canonical_key, derived=vit_derived_tensors),
+    ("dinov3_vit", "meta"): Layout(
+        meta.vit_rules,
+        loader=meta.masked_loader,
+        ignored=tuple(meta.IGNORED),
+        detect=meta.is_meta_vit,
+        infer_config=meta.infer_vit_config,
+        finish_save=meta.finish_vit_checkpoint,
+    ),
+}
+
+
+def meta_model_type(checkpoint: Checkpoint) -> str:
+    """The model type of a Meta-layout state dict, recognised from its keys."""
+    for (model_type, layout_name), layout in LAYOUTS.items():
+        if layout_name == "meta" and layout.detect(checkpoint.tensors):
+            return model_type
+    keys = checkpoint.tensors.keys()
+    raise CheckpointError(
+        f"{checkpoint.name}: not a DINOv3 checkpoint in Meta's layout (no ViT or ConvNeXt keys); first keys: {keys[:5]}"
+    )
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, stored: torch.dtype) -> torch.dtype:
+    """A torch dtype from a dtype, its name ("bfloat16", "bf16", "torch.float16") or None/"auto" (= stored)."""
+    if dtype is None or dtype == "auto":
+        return stored
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+    name = str(dtype).removeprefix("torch.")
+    resolved = getattr(torch, aliases.get(name, name), None)
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch dtype or 'auto', got {dtype!r}")
+    return resolved
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """A torch device; "auto" picks CUDA, then MPS, then the CPU."""
+    if device is None:
+        return torch.device("cpu")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def read_config(checkpoint: Checkpoint, config_class: type) -> Any:
+    """The config stored beside the weights (transformers layout) or inferred from them (Meta layout)."""
+    if checkpoint.layout == "meta":
+        model_type = meta_model_type(checkpoint)
+        if model_type != config_class.model_type:
+            raise CheckpointError(f"{checkpoint.name}: holds a {model_type} model, not {config_class.model_type}")
+        return LAYOUTS[model_type, "meta"].infer_config(checkpoint.tensors, Path(checkpoint.name).name)
+    try:
+        data = json.loads(Path(checkpoint.config_file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{checkpoint.config_file}: not a readable JSON config ({error})") from error
+    if data.get("model_type") != config_class.model_type:
+        raise CheckpointError(
+            f"{checkpoint.config_file}: model_type is {data.get('model_type')!r}, expected {config_class.model_type!r}"
+        )
+    try:
+        return config_class.from_dict(data)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{checkpoint.config_file}: invalid config ({error})") from error
+
+
+def load_model(
+    model_class: type,
+    source: str | os.PathLike,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    attn_implementation: str | None = None,
+    config: Any = None,
+    hub: HubOptions | None = None,
+    config_overrides: dict[str, Any] | None = None,
+):
+    """Build `model_class` with the weights of `source` (see `PreTrainedModel.from_pretrained`)."""
+    checkpoint = locate(source, hub)
+    config = config if config is not None else read_config(checkpoint, model_class.config_class)
+    layout = LAYOUTS[config.model_type, checkpoint.layout]
+    if config_overrides:
+        config = config.copy(**config_overrides)
+    tensors = checkpoint.tensors
+    original = {layout.canonical_key(key): key for key in tensors.keys()}
+    read = layout.loader(tensors)
+    weight_key = next((k for k in original if k.endswith(".weight")), None)
+    stored_dtype = tensors.load(original[weight_key]).dtype if weight_key else torch.float32
+    target_dtype, target_device = resolve_dtype(dtype, stored_dtype), resolve_device(device)
+
+    with torch.device("meta"):
+        model = model_class(config)
+    expected = {key: value.shape for key, value in model.state_dict().items()}
+
+    def finalize(key: str, tensor: torch.Tensor) -> torch.Tensor:
+        wanted_dtype = torch.float32 if key in FLOAT32_KEYS else target_dtype
+        return tensor.to(device=target_device, dtype=wanted_dtype if tensor.is_floating_point() else None)
+
+    state, used = translate(
+        layout.rules(config),
+        lambda key: read(original[key]),
+        original,
+        expected,
+        direction="to_ours",
+        origin=checkpoint.name,
+        finalize=finalize,
+    )
+    for key, value in layout.derived(config).items():
+        state.setdefault(key, finalize(key, value))
+    for key, shape in expected.items():
+        if key not in state and torch.Size(shape).numel() == 0:  # e.g. no register tokens
+            state[key] = torch.empty(shape, device=target_device, dtype=target_dtype)
+    check_state(checkpoint.name, state, expected, set(original) - used, layout.ignored)
+    model.load_state_dict(state, assign=True, strict=True)
+    model.set_attn_implementation(attn_implementation or "sdpa")
+    return model.eval()
+
+
+def check_state(
+    origin: str,
+    state: dict[str, torch.Tensor],
+    expected: dict[str, torch.Size],
+    unused: set[str],
+    ignored: tuple[re.Pattern, ...],
+) -> None:
+    """Refuse a partial or mismatched load, naming every offending tensor."""
+    problems = []
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        problems.append(f"missing tensors {_preview(missing)}")
+    unexpected = sorted(k for k in unused if not any(p.fullmatch(k) for p in ignored))
+    if unexpected:
+        problems.append(f"unexpected tensors {_preview(unexpected)}")
+    mismatched = [
+        f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(shape)}"
+        for key, shape in expected.items()
+        if key in state and state[key].shape != shape
+    ]
+    if mismatched:
+        problems.append(f"tensors of the wrong shape {_preview(mismatched)}")
+    if problems:
+        raise CheckpointError(
+            f"{origin}: does not match the model configuration: " + "; ".join(problems)
+            + ". Check that the checkpoint and the config (or model class) belong together."
+        )
+
+
+def _preview(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return f"[{shown}{f', ... ({len(items)} in all)' if len(items) > limit else ''}]"
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from an int or a string such as "5GB", "500MB", "2GiB"."""
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)?\s*", size, re.IGNORECASE)
+    if not match:
+        raise ValueError(f"cannot read size {size!r}; use an int or e.g. '5GB'")
+    units = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+    return int(float(match.group(1)) * units.get((match.group(2) or "").lower(), 1))
+
+
+def save_model(model, folder: str | os.PathLike, *, max_shard_size: int | str = "5GB") -> Path:
+    """Write a transformers-layout folder (config.json + safetensors, sharded past `max_shard_size`)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = model.config.copy()
+    ours = model.state_dict()
+    if "rope_periods" in ours:
+        periods = ours["rope_periods"].float().cpu()
+        if not torch.equal(periods, rope_periods(config.head_dim, config.rope_theta)):
+            config.extra[ROPE_PERIODS_KEY] = periods.tolist()
+    config.extra.update(architectures=[type(model).__name__], dtype=str(model.dtype).removeprefix("torch."))
+    theirs, _ = translate(
+        LAYOUTS[config.model_type, "hf"].rules(config),
+        ours.__getitem__,
+        ours,
+        None,
+        direction="to_theirs",
+        origin=type(model).__name__,
+        finalize=lambda key, tensor: tensor.detach().contiguous(),
+    )
+    shards = _shard(theirs, parse_size(max_shard_size))
+    for old in folder.glob("model*.safetensors"):
+        old.unlink()
+    (folder / SAFE_WEIGHTS_INDEX_NAME).unlink(missing_ok=True)
+    if len(shards) == 1:
+        save_file(shards[0], str(folder / SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for number, shard in enumerate(shards, start=1):
+            name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(folder / name), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(shard, name))
+        total = sum(t.numel() * t.element_size() for t in theirs.values())
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (folder / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    config.save_pretrained(folder)
+    return folder
+
+
+def _shard(tensors: dict[str, torch.Tensor], limit: int) -> list[dict[str, torch.Tensor]]:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key in sorted(tensors):
+        nbytes = tensors[key].numel() * tensors[key].element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensors[key]
+        size += nbytes
+    return shards
+
+
+def save_meta_checkpoint(model, path: str | os.PathLike) -> Path:
+    """Write Meta's original `.pth` layout (fused QKV bias with its `bias_mask`, SwiGLU as w1/w2/w3)."""
+    ours = model.state_dict()
+    theirs, _ = translate(
+        LAYOUTS[model.config.model_type, "meta"].rules(model.config),
+        ours.__getitem__,
+        ours,
+        None,
+        direction="to_theirs",
+        origin=type(model).__name__,
+        finalize=lambda key, tensor: tensor.detach().cpu().contiguous(),
+    )
+    LAYOUTS[model.config.model_type, "meta"].finish_save(theirs, model.config)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(theirs, path)
+    return path

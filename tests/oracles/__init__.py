@@ -1,0 +1,1 @@
+"""Builders of random-weight twins in the external formats (transformers, Meta `.pth`, timm)."""
