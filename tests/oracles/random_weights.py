@@ -32,14 +32,17 @@ def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
     return module
 
 
-def perturbations(module: nn.Module):
-    """Yield (name, undo) after perturbing each parameter in turn; call undo() before the next."""
+def perturbations(module: nn.Module, seed: int = 0):
+    """Yield (name, undo) after perturbing each parameter in turn with random noise (a random direction:
+    a constant shift would vanish in the LayerNorms); call undo() before the next."""
+    generator = torch.Generator().manual_seed(seed)
     for name, param in module.named_parameters():
         if param.numel() == 0:
             continue
         original = param.detach().clone()
+        noise = torch.randn(param.shape, generator=generator).to(param.dtype)
         with torch.no_grad():
-            param.add_(0.5 * original.abs().mean().clamp_min(0.1) * torch.ones_like(param))
+            param.add_(0.5 * original.abs().mean().clamp_min(0.1) * noise)
 
         def undo(param=param, original=original):
             with torch.no_grad():
