@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# MODEL=hub-id|folder|file.pth picks the checkpoint (default: $$DINOV3KIT_MODEL, else the ViT-S/16 hub id).
 demo: $(STAMP)
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/python examples/quickstart.py $(if $(MODEL),--model "$(MODEL)")
 
 test: $(STAMP)
 	$(PYTEST) -m "not slow"

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .variants import VIT_VARIANTS
+from .variants import CONVNEXT_VARIANTS, VIT_VARIANTS
 
 CONFIG_NAME = "config.json"
 
@@ -179,3 +179,68 @@ class DINOv3ViTConfig(BaseConfig):
         if key not in VIT_VARIANTS:
             raise ValueError(f"unknown DINOv3 ViT preset {name!r}; choose from {sorted(VIT_VARIANTS)}")
         return cls(**{**VIT_VARIANTS[key].config_kwargs(), **overrides})
+
+
+@dataclass
+class DINOv3ConvNextConfig(BaseConfig):
+    """Configuration of a DINOv3 ConvNeXt; every field has transformers' `DINOv3ConvNextConfig` name and
+    default (ConvNeXt-T). Stages: "stem" is the input image, "stageN" the output of stage N."""
+
+    model_type: ClassVar[str] = "dinov3_convnext"
+
+    num_channels: int = 3
+    hidden_sizes: list[int] | None = None
+    depths: list[int] | None = None
+    hidden_act: str = "gelu"
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-6
+    layer_scale_init_value: float = 1e-6
+    drop_path_rate: float = 0.0
+    image_size: int | list[int] = 224
+    out_features: list[str] | None = None
+    out_indices: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        self.hidden_sizes = [96, 192, 384, 768] if self.hidden_sizes is None else [int(h) for h in self.hidden_sizes]
+        self.depths = [3, 3, 9, 3] if self.depths is None else [int(d) for d in self.depths]
+        if not self.depths or len(self.depths) != len(self.hidden_sizes):
+            raise ValueError(
+                f"depths {self.depths} and hidden_sizes {self.hidden_sizes} must name the same, non-zero number of stages"
+            )
+        self._align_out_features()
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.hidden_sizes)
+
+    @property
+    def stage_names(self) -> list[str]:
+        return ["stem"] + [f"stage{i}" for i in range(1, self.num_stages + 1)]
+
+    # --- the token view shared with the ViT: one "CLS" (the pooled map), no registers -----------
+    @property
+    def hidden_size(self) -> int:
+        """Width of the output tokens (the last stage's)."""
+        return self.hidden_sizes[-1]
+
+    @property
+    def patch_size(self) -> int:
+        """Pixels per output token along each side: the total stride (stem 4, then 2 per later stage)."""
+        return 4 * 2 ** (self.num_stages - 1)
+
+    @property
+    def num_register_tokens(self) -> int:
+        return 0
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """The pooled "CLS" token that precedes the patch tokens."""
+        return 1
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "DINOv3ConvNextConfig":
+        """Config of a released variant: tiny, small, base, large (also "convnext_tiny", "dinov3_convnext_tiny")."""
+        key = name.lower().removeprefix("dinov3").strip("_-").removeprefix("convnext").strip("_-")
+        if key not in CONVNEXT_VARIANTS:
+            raise ValueError(f"unknown DINOv3 ConvNeXt preset {name!r}; choose from {sorted(CONVNEXT_VARIANTS)}")
+        return cls(**{**CONVNEXT_VARIANTS[key].config_kwargs(), **overrides})

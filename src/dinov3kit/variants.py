@@ -91,3 +91,40 @@ def find_vit_variant(
         ):
             return variant
     return None
+
+
+@dataclass(frozen=True)
+class ConvNextVariant:
+    """Architecture of one released DINOv3 ConvNeXt (all: 4 stages, kernel 7, MLP ratio 4)."""
+
+    name: str
+    depths: tuple[int, ...]
+    hidden_sizes: tuple[int, ...]
+    datasets: tuple[str, ...] = ("lvd1689m",)
+
+    def config_kwargs(self) -> dict:
+        """Keyword arguments for `DINOv3ConvNextConfig` reproducing this variant."""
+        return dict(depths=list(self.depths), hidden_sizes=list(self.hidden_sizes))
+
+    def hub_id(self, dataset: str = "lvd1689m") -> str:
+        """The transformers-format repository on the Hugging Face hub."""
+        return f"facebook/dinov3-convnext-{self.name}-pretrain-{dataset}"
+
+
+CONVNEXT_VARIANTS: dict[str, ConvNextVariant] = {
+    v.name: v
+    for v in (
+        ConvNextVariant("tiny", (3, 3, 9, 3), (96, 192, 384, 768)),
+        ConvNextVariant("small", (3, 3, 27, 3), (96, 192, 384, 768)),
+        ConvNextVariant("base", (3, 3, 27, 3), (128, 256, 512, 1024)),
+        ConvNextVariant("large", (3, 3, 27, 3), (192, 384, 768, 1536)),
+    )
+}
+
+
+def find_convnext_variant(*, depths: list[int], hidden_sizes: list[int]) -> ConvNextVariant | None:
+    """The released ConvNeXt with these stage depths and widths, or None for a custom architecture."""
+    for variant in CONVNEXT_VARIANTS.values():
+        if list(variant.depths) == list(depths) and list(variant.hidden_sizes) == list(hidden_sizes):
+            return variant
+    return None

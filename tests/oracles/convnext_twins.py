@@ -78,7 +78,7 @@ def timm_convnext_from_meta(state: dict[str, torch.Tensor], model_name: str | No
     `model_name` (e.g. "convnext_tiny.dinov3_lvd1689m") builds timm's registered DINOv3 model; without
     it a ConvNeXt with the state dict's widths and depths and timm's defaults otherwise."""
     import timm
-    from timm.models.convnext import ConvNeXt, checkpoint_filter_fn
+    from timm.models.convnext import ConvNeXt
 
     if model_name:
         model = timm.create_model(model_name, pretrained=False, num_classes=0)
@@ -88,5 +88,12 @@ def timm_convnext_from_meta(state: dict[str, torch.Tensor], model_name: str | No
         ]
         depths = [1 + max(int(m.group(1)) for k in state if (m := re.match(rf"stages\.{i}\.(\d+)\.", k))) for i in range(4)]
         model = ConvNeXt(depths=depths, dims=dims, num_classes=0)
+    return load_meta_into_timm_(model, state).eval()
+
+
+def load_meta_into_timm_(model, state: dict[str, torch.Tensor]):
+    """Load a Meta-layout state dict into a timm ConvNeXt (strictly) through timm's checkpoint filter."""
+    from timm.models.convnext import checkpoint_filter_fn
+
     model.load_state_dict(checkpoint_filter_fn(dict(state), model), strict=True)
-    return model.eval()
+    return model

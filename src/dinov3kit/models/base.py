@@ -16,6 +16,8 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 class PreTrainedModel(nn.Module):
     config_class: ClassVar[type]
     main_input_name: ClassVar[str] = "pixel_values"
+    #: Names of module lists whose items may sit on different devices (see `weights.placement`).
+    split_module_lists: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -51,6 +53,19 @@ class PreTrainedModel(nn.Module):
     def is_gradient_checkpointing(self) -> bool:
         return self.gradient_checkpointing
 
+    def compile(self, *, dynamic: bool | None = None, fullgraph: bool = True, mode: str | None = None, **kwargs: Any):
+        """Compile the forward pass in place with `torch.compile` (one graph, no breaks) and return the model.
+
+        Shapes: with `dynamic=None` the first input shape is compiled as is and a second one triggers a
+        single recompilation with symbolic batch/height/width that serves every later size; `dynamic=True`
+        compiles symbolically from the start (one compilation for all resolutions, plus one the first time
+        height and width differ if the first input was square); `dynamic=False`
+        specialises each shape (fixed-shape serving). `mode="reduce-overhead"` replays CUDA graphs on GPUs,
+        `"max-autotune"` also tunes matmuls. Other keyword arguments go to `torch.compile`.
+        """
+        super().compile(dynamic=dynamic, fullgraph=fullgraph, mode=mode, **kwargs)
+        return self
+
     @classmethod
     def from_pretrained(
         cls,
@@ -58,7 +73,8 @@ class PreTrainedModel(nn.Module):
         *,
         dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
-        device_map: str | torch.device | None = None,
+        device_map: str | dict | torch.device | int | None = None,
+        max_memory: dict | None = None,
         attn_implementation: str | None = None,
         config: Any = None,
         revision: str | None = None,
@@ -66,28 +82,41 @@ class PreTrainedModel(nn.Module):
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool | None = None,
         torch_dtype: torch.dtype | str | None = None,
+        quantization_config: Any = None,
         **config_overrides: Any,
     ):
         """Load weights from a hub id, a transformers folder or a Meta `.pth` checkpoint.
 
-        `dtype`: a torch dtype or its name; None or "auto" keeps the checkpoint's dtype. `device` or
-        `device_map` ("auto": the best single device) places the weights; they are read straight into
-        that device and dtype. Keyword arguments that are config fields override the stored config
-        (for example `out_indices=[3, 6, 9, 12]` for a backbone).
+        `dtype`: a torch dtype or its name; None or "auto" keeps the checkpoint's dtype. `device` places the
+        whole model ("auto": CUDA, then MPS, then the CPU). `device_map` as in transformers: a device, a dict
+        {module name: device}, or "auto": one device when the model fits (the first GPU with room), split
+        between blocks across the visible GPUs when it does not, the CPU for the rest as a last resort
+        (`max_memory`, e.g. {0: "20GiB", "cpu": "64GiB"}, caps what each device takes; default 90% of its
+        free memory). Weights are read straight into their device and dtype. Keyword arguments that are config fields override the stored config
+        (for example `out_indices=[3, 6, 9, 12]` for a backbone). `quantization_config`: a torchao
+        config, a transformers `TorchAoConfig` or a `dinov3kit.quantize` scheme name ("int8", "int4", ...)
+        applied to the loaded weights.
         """
         from ..weights.loading import load_model
         from ..weights.resolve import HubOptions
 
-        return load_model(
+        model = load_model(
             cls,
             source,
             dtype=dtype if dtype is not None else torch_dtype,
-            device=device if device is not None else device_map,
+            device=device,
+            device_map=device_map,
+            max_memory=max_memory,
             attn_implementation=attn_implementation,
             config=config,
             hub=HubOptions(revision, token, cache_dir, local_files_only),
             config_overrides=config_overrides,
         )
+        if quantization_config is not None:
+            from ..quantize import quantize
+
+            quantize(model, quantization_config)
+        return model
 
     def save_pretrained(self, folder: str | os.PathLike, *, max_shard_size: int | str = "5GB") -> Path:
         """Write `config.json` and `model.safetensors` (sharded beyond `max_shard_size`) that transformers loads."""

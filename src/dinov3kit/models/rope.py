@@ -14,9 +14,13 @@ import torch
 
 
 def rope_periods(head_dim: int, base: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Periods base^(4i / head_dim) for i in [0, head_dim / 4): one per row/column frequency."""
-    exponents = torch.arange(head_dim // 4, dtype=torch.float32) * 4 / head_dim
-    return (base**exponents).to(dtype)  # [head_dim / 4]
+    """Periods base^(4i / head_dim) for i in [0, head_dim / 4): one per row/column frequency.
+
+    Computed on the CPU, then moved to the default device: under `torch.device("meta")` (how checkpoints
+    are loaded) a meta `arange` would import torch._dynamo, which costs seconds and hundreds of MB.
+    """
+    exponents = torch.arange(head_dim // 4, dtype=torch.float32, device="cpu") * 4 / head_dim
+    return (base**exponents).to(dtype=dtype, device=torch.get_default_device())  # [head_dim / 4]
 
 
 def patch_coordinates(
@@ -78,8 +82,22 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def rotate_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [..., head_dim] in place: x * cos + rotate_half(x) * sin, with cos/sin broadcastable to x.
+
+    The arithmetic runs in the tables' dtype (fp32) and is rounded once to x's dtype, so bf16 models keep
+    fp32-accurate positions. In place on a strided view (e.g. the patch rows of a fused QKV buffer), it
+    writes one temporary and makes no copies of the prefix tokens or of the unrotated halves.
+    """
+    half = x.shape[-1] // 2
+    rotated = x * cos
+    rotated[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
+    rotated[..., half:].addcmul_(x[..., :half], sin[..., half:])
+    return x.copy_(rotated)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
     """Rotate the patch tokens of x [B, heads, N, head_dim] (computed in fp32); prefix tokens pass through."""
-    prefix, patches = x[:, :, :num_prefix_tokens], x[:, :, num_prefix_tokens:]
-    rotated = patches.float() * cos + rotate_half(patches.float()) * sin
-    return torch.cat((prefix, rotated.to(x.dtype)), dim=2)
+    out = x.clone()
+    rotate_(out[:, :, num_prefix_tokens:], cos, sin)
+    return out

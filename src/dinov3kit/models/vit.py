@@ -17,11 +17,16 @@ from .layers import Block, PatchEmbed
 from .outputs import BackboneOutput, BaseModelOutputWithPooling
 from .rope import rope_cos_sin, rope_periods
 
+#: Grid sizes whose eval-mode RoPE tables are kept (oldest dropped first).
+ROPE_CACHE_SIZE = 16
+
 
 class DINOv3ViTPreTrainedModel(PreTrainedModel):
     """Parameters and token encoder shared by `DINOv3ViTModel` and `DINOv3ViTBackbone` (same weights)."""
 
     config_class = DINOv3ViTConfig
+    #: Module lists whose items `device_map="auto"` may place on different devices.
+    split_module_lists = ("blocks",)
 
     def __init__(self, config: DINOv3ViTConfig) -> None:
         super().__init__(config)
@@ -31,6 +36,7 @@ class DINOv3ViTPreTrainedModel(PreTrainedModel):
         self.mask_token = nn.Parameter(torch.empty(1, 1, dim))
         self.patch_embed = PatchEmbed(config.num_channels, dim, config.patch_size)
         self.register_buffer("rope_periods", rope_periods(config.head_dim, config.rope_theta))
+        self._rope_cache: dict[tuple[int, int], tuple] = {}  # grid -> (periods, version, (cos, sin))
         self.blocks = nn.ModuleList(
             Block(
                 dim,
@@ -82,12 +88,30 @@ class DINOv3ViTPreTrainedModel(PreTrainedModel):
         return height // self.config.patch_size, width // self.config.patch_size
 
     def rope_tables(self, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """RoPE cos/sin for a patch grid; coordinates are augmented only in training mode."""
+        """RoPE cos/sin for a patch grid; coordinates are augmented only in training mode.
+
+        In eval mode the tables are cached per grid size (a compiled graph computes them inline instead).
+        """
         config = self.config
-        augment = None
         if self.training:
             augment = dict(shift=config.pos_embed_shift, jitter=config.pos_embed_jitter, rescale=config.pos_embed_rescale)
-        return rope_cos_sin(*grid, self.rope_periods, augment=augment)
+            return rope_cos_sin(*grid, self.rope_periods, augment=augment)
+        if torch.compiler.is_compiling():
+            return rope_cos_sin(*grid, self.rope_periods)
+        return self._cached_rope_tables(grid)
+
+    def _cached_rope_tables(self, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eval-mode tables, recomputed only when the periods buffer is replaced (`.to()`, loading) or edited."""
+        periods = self.rope_periods
+        version = None if periods.is_inference() else periods._version
+        entry = self._rope_cache.get(grid)
+        if entry is None or entry[0] is not periods or entry[1] != version:
+            with torch.inference_mode(False), torch.no_grad():  # usable later with autograd on
+                tables = rope_cos_sin(*grid, periods)
+            if len(self._rope_cache) >= ROPE_CACHE_SIZE:
+                self._rope_cache.pop(next(iter(self._rope_cache)))
+            entry = self._rope_cache[grid] = (periods, version, tables)
+        return entry[2]
 
     def embed(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens before the first block: [B, 1 + registers + patches, D]."""

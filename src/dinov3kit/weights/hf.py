@@ -1,14 +1,15 @@
-"""The transformers (Hugging Face) layout of DINOv3 ViT weights, as a translation table."""
+"""The transformers (Hugging Face) layout of DINOv3 ViT and ConvNeXt weights, as translation tables."""
 
 from __future__ import annotations
 
 import re
 
-from ..configs import DINOv3ViTConfig
+from ..configs import DINOv3ConvNextConfig, DINOv3ViTConfig
 from .keymap import KeyRule, rule
 
-#: Prefixes that transformers 5.x uses when it loads (`model.layer.N.`), folded to the saved form.
-KEY_ALIASES = ((re.compile(r"^model\.layer\."), "layer."),)
+#: Prefixes that transformers 5.x uses when it loads (`model.layer.N.`, `model.stages.N.`), folded to the
+#: saved form.
+KEY_ALIASES = ((re.compile(r"^model\.layer\."), "layer."), (re.compile(r"^model\.stages\."), "stages."))
 
 
 def _weight_and_bias(ours: str, theirs: str) -> list[KeyRule]:
@@ -50,3 +51,29 @@ def canonical_key(key: str) -> str:
     for pattern, replacement in KEY_ALIASES:
         key = pattern.sub(replacement, key)
     return key
+
+
+#: ConvNeXt: our block names → transformers' (weights and biases).
+_CONVNEXT_BLOCK_NAMES = {
+    "dwconv": "depthwise_conv",
+    "norm": "layer_norm",
+    "pwconv1": "pointwise_conv1",
+    "pwconv2": "pointwise_conv2",
+}
+CONVNEXT_RULES: list[KeyRule] = [
+    *_weight_and_bias("stages.{i}.downsample.{k}", "stages.{i}.downsample_layers.{k}"),
+    *(
+        r
+        for ours, theirs in _CONVNEXT_BLOCK_NAMES.items()
+        for r in _weight_and_bias(f"stages.{{i}}.blocks.{{j}}.{ours}", f"stages.{{i}}.layers.{{j}}.{theirs}")
+    ),
+    rule("stages.{i}.blocks.{j}.gamma", "stages.{i}.layers.{j}.gamma"),
+    *_weight_and_bias("norm", "layer_norm"),
+]
+#: A backbone has no final norm: a model checkpoint's norm is left unused.
+CONVNEXT_IGNORED = [re.compile(r"layer_norm\.(weight|bias)")]
+
+
+def convnext_rules(config: DINOv3ConvNextConfig) -> list[KeyRule]:
+    """The same table for every ConvNeXt configuration."""
+    return CONVNEXT_RULES

@@ -1,5 +1,6 @@
-"""Meta's original DINOv3 ViT checkpoints (`dinov3_vits16_pretrain_lvd1689m-08c60483.pth`): key table,
-architecture inference from the tensors, and the masked QKV bias."""
+"""Meta's original DINOv3 checkpoints (`dinov3_vits16_pretrain_lvd1689m-08c60483.pth`,
+`dinov3_convnext_tiny_pretrain_lvd1689m-21b726bb.pth`): key tables, architecture inference from the
+tensors, and the ViT's masked QKV bias."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import re
 
 import torch
 
-from ..configs import DINOv3ViTConfig
-from ..variants import find_vit_variant
+from ..configs import DINOv3ConvNextConfig, DINOv3ViTConfig
+from ..variants import find_convnext_variant, find_vit_variant
 from .errors import CheckpointError
 from .files import TensorFile
 from .keymap import KeyRule, rule
@@ -135,3 +136,67 @@ def finish_vit_checkpoint(state: dict[str, torch.Tensor], config: DINOv3ViTConfi
     for key in [k for k in state if k.endswith("attn.qkv.bias")]:
         bias = state[key]
         state[key + "_mask"] = torch.cat([torch.full_like(part, float(f)) for part, f in zip(bias.chunk(3), flags)])
+
+
+CONVNEXT_RULES: list[KeyRule] = [
+    *_weight_and_bias("stages.{i}.downsample.{k}", "downsample_layers.{i}.{k}"),
+    *(
+        r
+        for name in ("dwconv", "norm", "pwconv1", "pwconv2")
+        for r in _weight_and_bias(f"stages.{{i}}.blocks.{{j}}.{name}", f"stages.{{i}}.{{j}}.{name}")
+    ),
+    rule("stages.{i}.blocks.{j}.gamma", "stages.{i}.{j}.gamma"),
+    *_weight_and_bias("norm", "norm"),
+]
+CONVNEXT_IGNORED = [
+    re.compile(r"norms\.\d+\.(weight|bias)"),  # the final norm once more (Meta registers it twice)
+    re.compile(r"norm\.(weight|bias)"),  # unused by a backbone, which has no final norm
+    re.compile(r"(dino|ibot)_head\..*"),
+]
+
+
+def convnext_rules(config: DINOv3ConvNextConfig) -> list[KeyRule]:
+    return CONVNEXT_RULES
+
+
+def is_meta_convnext(tensors: TensorFile) -> bool:
+    return "downsample_layers.0.0.weight" in tensors and "stages.0.0.dwconv.weight" in tensors
+
+
+def infer_convnext_config(tensors: TensorFile, file_name: str = "") -> DINOv3ConvNextConfig:
+    """The architecture of a Meta ConvNeXt checkpoint: stage widths from the downsampling convs, depths
+    from the block indices."""
+    if not is_meta_convnext(tensors):
+        raise CheckpointError(
+            f"{tensors.name}: not a DINOv3 ConvNeXt checkpoint in Meta's layout (no downsample_layers.0.0 or "
+            f"stages.0.0.dwconv); first keys: {tensors.keys()[:5]}"
+        )
+    downsample = [re.match(r"downsample_layers\.(\d+)\.", k) for k in tensors.keys()]
+    num_stages = 1 + max(int(m.group(1)) for m in downsample if m)
+    conv_keys = ["downsample_layers.0.0.weight"] + [f"downsample_layers.{i}.1.weight" for i in range(1, num_stages)]
+    missing = [key for key in conv_keys if key not in tensors]
+    if missing:
+        raise CheckpointError(f"{tensors.name}: tensors {missing} are missing; the checkpoint is incomplete")
+    shapes = [tensors.load(key).shape for key in conv_keys]
+    blocks = [re.match(r"stages\.(\d+)\.(\d+)\.", k) for k in tensors.keys()]
+    depths = [
+        1 + max((int(m.group(2)) for m in blocks if m and int(m.group(1)) == stage), default=-1)
+        for stage in range(num_stages)
+    ]
+    hidden_sizes = [shape[0] for shape in shapes]
+    config = DINOv3ConvNextConfig(num_channels=shapes[0][1], hidden_sizes=hidden_sizes, depths=depths)
+    config.extra.update(architectures=["DINOv3ConvNextModel"])
+    variant = find_convnext_variant(depths=depths, hidden_sizes=hidden_sizes)
+    if variant:
+        config.extra["dinov3_variant"] = f"convnext_{variant.name}"
+    dataset = re.search(r"(lvd1689m|sat493m)", file_name.lower())
+    if dataset:
+        config.extra["dinov3_pretrain_dataset"] = dataset.group(1)
+    return config
+
+
+def finish_convnext_checkpoint(state: dict[str, torch.Tensor], config: DINOv3ConvNextConfig) -> None:
+    """Register the final norm a second time as `norms.3`, as Meta's model does (its strict load needs it)."""
+    for p in ("weight", "bias"):
+        if f"norm.{p}" in state:
+            state[f"norms.{config.num_stages - 1}.{p}"] = state[f"norm.{p}"]

@@ -1,0 +1,194 @@
+"""ONNX export of DINOv3 models (ViT and ConvNeXt) for any batch size and resolution.
+
+The graph has one input, `pixel_values` [batch, channels, height, width] (float32, all three sizes
+dynamic), and two outputs, `last_hidden_state` [batch, tokens, dim] and `pooler_output` [batch, dim].
+Everything that depends on the input size (the ViT's RoPE tables, token counts, pooling) is computed
+inside the graph, so one file serves every resolution. Needs the `onnx` extra:
+`pip install 'dinov3kit[onnx]'` (onnx, onnxscript for torch's exporter, onnxruntime to check the result).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+INPUT_NAME = "pixel_values"
+OUTPUT_NAMES = ("last_hidden_state", "pooler_output")
+DEFAULT_OPSET = 18
+#: Weights beyond this size go to a `<file>.data` file beside the graph (protobuf files stop at 2 GiB).
+EXTERNAL_DATA_BYTES = 1 << 30
+INSTALL_HINT = "install it with: pip install 'dinov3kit[onnx]'"
+#: (batch, height, width) at which `export_pretrained` compares onnxruntime with torch by default.
+CHECK_SHAPES = ((1, 224, 224), (2, 320, 480))
+
+
+class FeatureGraph(nn.Module):
+    """A model as a function of `pixel_values` alone, returning (last_hidden_state, pooler_output)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.training = model.training
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output = self.model(pixel_values)
+        return output.last_hidden_state, output.pooler_output
+
+
+def require(module: str):
+    """Import an optional package of the `onnx` extra, or say how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(f"ONNX export needs the optional package {module!r}; {INSTALL_HINT}") from error
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    opset: int = DEFAULT_OPSET,
+    external_data: bool | None = None,
+    verbose: bool = False,
+) -> Path:
+    """Write `model` (a `DINOv3ViTModel` or `DINOv3ConvNextModel`) to an ONNX file and return its path.
+
+    The model is exported in its own dtype (float32 is what onnxruntime runs on every CPU) and in eval
+    mode (its mode is restored afterwards). The input is float32, cast inside the graph if need be. `external_data`: store the weights in `<path>.data`; by
+    default only for models past 1 GiB. `verbose`: print the exporter's progress.
+    """
+    _check_exportable(model)
+    for module in ("onnx", "onnxscript"):
+        require(module)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if external_data is None:
+        external_data = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
+    stride = model.config.patch_size
+    sizes = {
+        0: torch.export.Dim("batch", min=1),
+        2: torch.export.Dim("height", min=stride),
+        3: torch.export.Dim("width", min=stride),
+    }
+    example = torch.randn(2, model.config.num_channels, 2 * stride, 3 * stride, generator=torch.Generator().manual_seed(0))
+    with eval_mode(model), torch.no_grad():
+        torch.onnx.export(
+            FeatureGraph(model),
+            (example.to(model.device),),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes={INPUT_NAME: sizes},
+            opset_version=opset,
+            dynamo=True,
+            external_data=external_data,
+            verbose=verbose,
+        )
+    return path
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Run a block with `model` in eval mode (no RoPE augmentation, no dropout), then restore its mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _check_exportable(model: nn.Module) -> None:
+    from .quantize import is_quantized
+
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "patch_size") or not hasattr(model, "encode"):
+        raise TypeError(f"export_onnx takes a dinov3kit model (DINOv3ViTModel, DINOv3ConvNextModel), got {type(model).__name__}")
+    if "Backbone" in type(model).__name__:
+        raise TypeError(
+            f"{type(model).__name__} returns feature maps; export the matching *Model class, whose outputs are "
+            f"{' and '.join(OUTPUT_NAMES)}"
+        )
+    if is_quantized(model):
+        raise TypeError("a torchao-quantized model cannot be exported to ONNX; export the full-precision model")
+
+
+def quantize_onnx(path: str | os.PathLike, output: str | os.PathLike) -> Path:
+    """Write an int8 copy of an exported graph: int8 weights for every MatMul, activations quantized on the
+    fly by onnxruntime (its VNNI / AMX kernels make this the fast int8 path on x86 CPUs)."""
+    quantization = require("onnxruntime.quantization")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # it advises a shape-inference pre-pass, which our graphs do not need
+    try:
+        quantization.quantize_dynamic(str(path), str(output), weight_type=quantization.QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+    return output
+
+
+def onnx_session(path: str | os.PathLike, threads: int | None = None):
+    """An onnxruntime CPU session for an exported file."""
+    ort = require("onnxruntime")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_max_differences(
+    model: nn.Module,
+    path: str | os.PathLike,
+    shapes: Iterable[tuple[int, int, int]] = CHECK_SHAPES,
+    *,
+    seed: int = 0,
+) -> dict[tuple[int, int, int], float]:
+    """Max |onnxruntime - torch| over both outputs, for random inputs of each (batch, height, width)."""
+    session = onnx_session(path)
+    generator = torch.Generator().manual_seed(seed)
+    differences = {}
+    for batch, height, width in shapes:
+        pixel_values = torch.randn(batch, model.config.num_channels, height, width, generator=generator)
+        with eval_mode(model), torch.no_grad():
+            expected = FeatureGraph(model)(pixel_values.to(model.device))
+        got = session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixel_values.numpy()})
+        differences[batch, height, width] = max(
+            (torch.from_numpy(g) - e.float().cpu()).abs().max().item() for g, e in zip(got, expected)
+        )
+    return differences
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    #: Max |onnxruntime - torch| per checked (batch, height, width); empty when not checked.
+    max_differences: dict[tuple[int, int, int], float]
+
+
+def export_pretrained(
+    source: str | os.PathLike,
+    path: str | os.PathLike,
+    *,
+    opset: int = DEFAULT_OPSET,
+    check: bool = True,
+    verbose: bool = False,
+) -> ExportResult:
+    """`dinov3kit export`: load a checkpoint (hub id, transformers folder or Meta `.pth`; ViT or ConvNeXt)
+    in float32, write it to ONNX, and with `check` compare onnxruntime against torch at `CHECK_SHAPES`."""
+    from .auto import AutoModel
+
+    model = AutoModel.from_pretrained(source, dtype=torch.float32)
+    written = export_onnx(model, path, opset=opset, verbose=verbose)
+    differences = onnx_max_differences(model, written, CHECK_SHAPES) if check else {}
+    return ExportResult(written, differences)

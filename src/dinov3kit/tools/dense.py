@@ -1,0 +1,58 @@
+"""Dense patch features of whole images (any aspect ratio) and their drawing at image resolution."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..images import load_image
+from .runtime import Embedder
+
+
+@dataclass
+class DenseMap:
+    """An image and its patch features [h, w, D] (float32) computed at the model input size `size` (W, H)."""
+
+    image: Image.Image
+    features: torch.Tensor
+    size: tuple[int, int]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.features.shape[:2])
+
+    def resized_image(self) -> Image.Image:
+        """The image at the model input size, on which maps are drawn."""
+        return self.image.resize(self.size, Image.Resampling.BICUBIC)
+
+    def cell_of(self, x: float, y: float) -> tuple[int, int]:
+        """(row, column) of the patch under pixel (x, y) of the original image."""
+        rows, cols = self.grid
+        if not (0 <= x < self.image.width and 0 <= y < self.image.height):
+            raise ValueError(f"point ({x:g}, {y:g}) is outside the {self.image.width}x{self.image.height} image")
+        return min(rows - 1, int(y / self.image.height * rows)), min(cols - 1, int(x / self.image.width * cols))
+
+
+def dense_map(embedder: Embedder, image: str | os.PathLike | Image.Image) -> DenseMap:
+    """Patch features of `image`, keeping its aspect ratio, shortest side at the embedder's resolution."""
+    image = image if isinstance(image, Image.Image) else load_image(image)
+    pixels = embedder.preprocess_dense(image)
+    features = embedder(pixels).patches[0].cpu()
+    return DenseMap(image, features, (pixels.shape[-1], pixels.shape[-2]))
+
+
+def upsample(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A [h, w, C] map bilinearly resized to `size` (W, H)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0)
+    resized = F.interpolate(tensor, size=(size[1], size[0]), mode="bilinear", align_corners=False)
+    return resized[0].permute(1, 2, 0).numpy()
+
+
+def to_image(rgb: np.ndarray) -> Image.Image:
+    """A PIL image from a [H, W, 3] float array in [0, 1]."""
+    return Image.fromarray((np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), "RGB")

@@ -1,0 +1,249 @@
+"""`embed`: images → Parquet index, with decoding in parallel workers overlapped with inference.
+
+Workers read, hash, decode and preprocess images (a torch DataLoader keeps `prefetch` batches ready),
+while the main process runs the model and commits rows in chunks (see `store`). A bad image becomes
+an error record, not a crash, unless `strict`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..images import ImageLoadError, load_image
+from .deps import require
+from .runtime import DEFAULT_RESOLUTION, Embedder, feature_dim, model_source
+from .sources import collect_images
+from .store import IndexWriter, index_schema, rows_table
+
+#: Seconds after which a chunk is committed even if it is not full, so a slow run loses little when killed.
+COMMIT_INTERVAL_S = 60.0
+
+
+class BadImageError(ValueError):
+    """Raised in strict mode for the first image that cannot be embedded."""
+
+
+@dataclass
+class EmbedSummary:
+    """What a run did: images found, embedded now, already in the index, failed, and its times: `seconds`
+    in all, `embedding_seconds` from the loaded model to the written index (the throughput's base)."""
+
+    out: Path
+    found: int
+    embedded: int
+    skipped: int
+    failed: int
+    seconds: float
+    embedding_seconds: float = 0.0
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.embedding_seconds if self.embedding_seconds > 0 else 0.0
+
+
+@dataclass
+class _Item:
+    """One decoded image, or the reason it could not be decoded."""
+
+    path: str
+    pixels: torch.Tensor | None = None
+    width: int = 0
+    height: int = 0
+    sha256: str = ""
+    error: str | None = None
+
+
+class _ImageFiles(Dataset):
+    """Reads, hashes, decodes and preprocesses one image per item (runs in DataLoader workers)."""
+
+    def __init__(self, paths: Sequence[str], embedder: Embedder) -> None:
+        self.paths, self.processor = list(paths), embedder.processor
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> _Item:
+        path = self.paths[index]
+        try:
+            data = Path(path).read_bytes()
+            image = load_image(data)
+            pixels = self.processor(image, return_tensors="pt")["pixel_values"][0]
+        except ImageLoadError as error:
+            return _Item(path, error=error.reason)
+        except FileNotFoundError:
+            return _Item(path, error="no such file")
+        except OSError as error:
+            return _Item(path, error=f"cannot read the file ({error.strerror or error})")
+        except ValueError as error:
+            return _Item(path, error=f"cannot preprocess the image ({error})")
+        return _Item(path, pixels, image.width, image.height, hashlib.sha256(data).hexdigest())
+
+
+def _collate(items: list[_Item]) -> tuple[list[_Item], torch.Tensor | None]:
+    good = [item for item in items if item.error is None]
+    return items, torch.stack([item.pixels for item in good]) if good else None
+
+
+def _decoding_worker(_: int) -> None:
+    """Decoding workers use one thread each and yield the CPU to the model's threads, whose parallel
+    sections would otherwise wait for a thread the worker displaced."""
+    torch.set_num_threads(1)
+    os.nice(10)
+
+
+def default_workers(device: torch.device) -> int:
+    """Decoding workers: on a GPU as many as there are cores (up to 8); on the CPU, which also runs the
+    model, one per two cores, at least one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(8, cores) if device.type == "cuda" else max(1, cores // 2)
+
+
+def embed_images(
+    sources: Iterable[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    model: str | os.PathLike | None = None,
+    embedder: Embedder | None = None,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    resolution: int = DEFAULT_RESOLUTION,
+    batch_size: int = 32,
+    workers: int | None = None,
+    patches: bool = False,
+    chunk_size: int = 1024,
+    overwrite: bool = False,
+    strict: bool = False,
+    progress: bool = True,
+) -> EmbedSummary:
+    """Embed the images named by `sources` into the Parquet index `out` and return a summary.
+
+    An existing `out` (or an interrupted run's chunks) is resumed: images already in it are skipped,
+    unless `overwrite`. Bad images are recorded in the index's error table; `strict` raises
+    `BadImageError` at the first one instead (after committing the rows done so far).
+    """
+    if batch_size < 1 or chunk_size < 1:
+        raise ValueError(f"batch_size and chunk_size must be positive, got {batch_size} and {chunk_size}")
+    start = time.perf_counter()
+    paths = [str(p) for p in collect_images(sources)]
+    if not paths:
+        raise ValueError("the sources name no images")
+    source = embedder.source if embedder is not None else model_source(model)
+    resolution = embedder.resolution if embedder is not None else resolution
+    writer = IndexWriter(out, {"model": source, "resolution": resolution, "patches": patches}, overwrite=overwrite)
+    todo = [p for p in paths if p not in writer.done]
+    skipped = len(paths) - len(todo)
+    if not todo:
+        meta = writer.finish(None)
+        return EmbedSummary(Path(out), len(paths), 0, skipped, 0, time.perf_counter() - start, errors=_errors_of(meta, paths))
+
+    embedder = embedder or Embedder.load(source, device=device, dtype=dtype, resolution=resolution)
+    workers = default_workers(embedder.device) if workers is None else workers
+    loader = DataLoader(
+        _ImageFiles(todo, embedder),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        worker_init_fn=_decoding_worker if workers else None,
+        pin_memory=embedder.device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
+    chunk = _Chunk(patches)
+    model_ready = time.perf_counter()
+    try:
+        failed = _embed_batches(loader, embedder, writer, chunk, chunk_size=chunk_size, strict=strict, progress=progress)
+    finally:
+        chunk.commit(writer)  # also on errors and Ctrl-C: what was computed is kept for the next run
+    run = embedder.describe() | {"patches": patches}
+    if chunk.grid is not None:
+        run["patch_grid"] = list(chunk.grid)
+    meta = writer.finish(run, chunk.schema or index_schema(feature_dim(embedder.model.config), None))
+    end = time.perf_counter()
+    return EmbedSummary(
+        Path(out), len(paths), len(todo) - failed, skipped, failed, end - start, end - model_ready, _errors_of(meta, paths)
+    )
+
+
+def _embed_batches(loader, embedder: Embedder, writer: IndexWriter, chunk: "_Chunk", *, chunk_size: int, strict: bool, progress: bool) -> int:
+    """Run the model on every batch, committing a chunk when it is full or old; returns the failures."""
+    tqdm = require("tqdm").tqdm
+    failed = 0
+    last_commit = time.monotonic()
+    with tqdm(total=len(loader.dataset), unit="img", desc="embed", disable=not progress, smoothing=0.1) as bar:
+        for items, pixels in loader:
+            chunk.add(items, embedder(pixels) if pixels is not None else None)
+            bad = [item for item in items if item.error is not None]
+            failed += len(bad)
+            bar.update(len(items))
+            if failed:
+                bar.set_postfix(failed=failed, refresh=False)
+            if strict and bad:
+                raise BadImageError(f"{bad[0].path}: {bad[0].error} (strict mode; rows done so far are kept for the next run)")
+            if chunk.rows >= chunk_size or time.monotonic() - last_commit > COMMIT_INTERVAL_S:
+                chunk.commit(writer)
+                last_commit = time.monotonic()
+    return failed
+
+
+def _errors_of(meta: dict, paths: list[str]) -> list[dict[str, str]]:
+    wanted = set(paths)
+    return [e for e in meta.get("errors", []) if e["path"] in wanted]
+
+
+class _Chunk:
+    """Rows and errors gathered since the last commit; the table schema is fixed by the first features."""
+
+    def __init__(self, patches: bool) -> None:
+        self.patches = patches
+        self.schema = None
+        self.grid: tuple[int, int] | None = None
+        self._clear()
+
+    def _clear(self) -> None:
+        self.columns: dict[str, list] = {}
+        self.errors: list[dict[str, str]] = []
+        self.rows = 0
+
+    def add(self, items: list[_Item], features) -> None:
+        good = [item for item in items if item.error is None]
+        self.errors += [{"path": item.path, "error": item.error} for item in items if item.error is not None]
+        if not good:
+            return
+        if self.schema is None:
+            self.grid = tuple(features.patches.shape[1:3]) if self.patches else None
+            self.schema = index_schema(features.cls.shape[1], self.grid)
+        values = {
+            "path": [item.path for item in good],
+            "sha256": [item.sha256 for item in good],
+            "width": [item.width for item in good],
+            "height": [item.height for item in good],
+            "cls": [features.cls.cpu().numpy()],
+            "mean_patch": [features.mean_patch.cpu().numpy()],
+        }
+        if self.patches:
+            values["patches"] = [features.patches.to(torch.float16).cpu().numpy().reshape(len(good), -1)]
+        for name, value in values.items():
+            self.columns.setdefault(name, []).extend(value)
+        self.rows += len(good)
+
+    def commit(self, writer: IndexWriter) -> None:
+        if not self.rows and not self.errors:
+            return
+        table = None
+        if self.rows:
+            columns = {
+                name: np.concatenate(value) if isinstance(value[0], np.ndarray) else value
+                for name, value in self.columns.items()
+            }
+            table = rows_table(self.schema, columns)
+        writer.commit(table, self.errors)
+        self._clear()

@@ -1,0 +1,173 @@
+"""The model behind every tool: which checkpoint, device and dtype, its preprocessing, and its features.
+
+Tools see a model only through `Embedder`, which turns images into CLS, mean-patch and patch-grid
+features with the normalisation the checkpoint was trained with.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..weights.errors import CheckpointError
+
+DEFAULT_MODEL = "facebook/dinov3-vits16-pretrain-lvd1689m"
+MODEL_ENV = "DINOV3KIT_MODEL"
+DEFAULT_RESOLUTION = 224
+
+
+def model_source(model: str | os.PathLike | None = None) -> str:
+    """The checkpoint to use: `model`, else $DINOV3KIT_MODEL, else the default hub id.
+
+    Local paths are made absolute so that an index records a checkpoint that can be found again.
+    """
+    source = str(model) if model else os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    path = Path(source).expanduser()
+    return os.path.abspath(path) if path.exists() else source
+
+
+def pick_device(device: str | torch.device | None = "auto") -> torch.device:
+    """"auto": CUDA when present, else the CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """"auto": bfloat16 on a GPU, float32 on the CPU; otherwise a dtype or its name (bf16, fp16, fp32)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+             "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+    if str(dtype) not in names:
+        raise ValueError(f"dtype must be auto, bf16, fp16 or fp32, got {dtype!r}")
+    return names[str(dtype)]
+
+
+class ModelUnavailableError(CheckpointError):
+    """No weights could be loaded for the requested model; the message says how to get them."""
+
+
+def how_to_get_weights(source: str) -> str:
+    """What to do when a checkpoint cannot be had (DINOv3 weights on the hub are gated)."""
+    return (
+        f"No weights were loaded for {source!r}, and dinov3kit never substitutes random weights.\n"
+        "DINOv3 weights on the Hugging Face hub are gated: request access at "
+        f"https://huggingface.co/{source if '/' in source and not os.path.exists(source) else DEFAULT_MODEL} "
+        "(accept the DINOv3 license), then log in with `hf auth login` or set HF_TOKEN.\n"
+        "Or use a checkpoint you already have: pass --model /path/to/folder (config.json + model.safetensors, "
+        "as transformers saves it) or --model /path/to/dinov3_vits16_pretrain_lvd1689m.pth (Meta's file), "
+        f"or set {MODEL_ENV} to either."
+    )
+
+
+def load_model(source: str, device: torch.device, dtype: torch.dtype | None):
+    """A DINOv3 model (ViT or ConvNeXt) from a hub id, a transformers folder or a Meta .pth file
+    (`dtype` None keeps the stored dtype). Raises `ModelUnavailableError` saying how to get weights."""
+    from ..auto import AutoModel
+
+    try:
+        return AutoModel.from_pretrained(source, dtype=dtype, device=device)
+    except CheckpointError as error:
+        raise ModelUnavailableError(f"{error}\n{how_to_get_weights(source)}") from error
+
+
+def feature_dim(config) -> int:
+    """Width of the model's features (ViT hidden size, or ConvNeXt's last stage width)."""
+    return int(config.hidden_size if hasattr(config, "hidden_size") else config.hidden_sizes[-1])
+
+
+@dataclass
+class Features:
+    """Features of a batch: CLS [B, D] and mean patch [B, D] in float32, the patch grid [B, h, w, D]."""
+
+    cls: torch.Tensor
+    mean_patch: torch.Tensor
+    patches: torch.Tensor
+
+
+class Embedder:
+    """A loaded model with its preprocessing, turning images into features."""
+
+    def __init__(self, model, source: str, resolution: int = DEFAULT_RESOLUTION) -> None:
+        from ..processing import processor_for_model
+
+        self.model, self.source, self.resolution = model, source, int(resolution)
+        self.processor = processor_for_model(model, size={"height": self.resolution, "width": self.resolution})
+        self.dense_processor = processor_for_model(model, size={"shortest_edge": self.resolution}, keep_aspect_ratio=True)
+        if self.resolution < self.processor.patch_size:
+            raise ValueError(f"resolution {resolution} is smaller than one {self.processor.patch_size}px patch")
+
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike | None = None,
+        *,
+        device: str | torch.device | None = "auto",
+        dtype: str | torch.dtype | None = "auto",
+        resolution: int = DEFAULT_RESOLUTION,
+    ) -> "Embedder":
+        """Load the checkpoint `model` (see `model_source`) on `device` in `dtype` (both "auto" by default)."""
+        source = model_source(model)
+        device = pick_device(device)
+        return cls(load_model(source, device, pick_dtype(dtype, device)), source, resolution)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """[3, resolution, resolution] pixels for `embed` and `search` (the image is resized to a square)."""
+        return self.processor(image, return_tensors="pt")["pixel_values"][0]
+
+    def preprocess_dense(self, image: Image.Image) -> torch.Tensor:
+        """[1, 3, H, W] pixels keeping the aspect ratio, shortest side `resolution`, for dense maps."""
+        return self.dense_processor(image, return_tensors="pt")["pixel_values"]
+
+    @torch.inference_mode()
+    def __call__(self, pixel_values: torch.Tensor) -> Features:
+        pixel_values = pixel_values.to(self.device, self.dtype, non_blocking=True)
+        output = self.model(pixel_values)
+        prefix = int(getattr(self.model.config, "num_prefix_tokens", 1))
+        patches = output.last_hidden_state[:, prefix:].float()
+        grid = self.patch_grid(pixel_values, patches.shape[1])
+        return Features(
+            cls=output.pooler_output.float(),
+            mean_patch=patches.mean(dim=1),
+            patches=patches.unflatten(1, grid),
+        )
+
+    def patch_grid(self, pixel_values: torch.Tensor, num_patches: int) -> tuple[int, int]:
+        """Rows and columns of the patch tokens: the ViT's own count, or the input size over the total
+        stride (32 for ConvNeXt)."""
+        if hasattr(self.model, "patch_grid"):
+            return tuple(self.model.patch_grid(pixel_values))
+        stride = self.processor.patch_size
+        grid = (pixel_values.shape[-2] // stride, pixel_values.shape[-1] // stride)
+        if grid[0] * grid[1] != num_patches:
+            raise ValueError(f"{num_patches} patch tokens do not form the {grid[0]}x{grid[1]} grid of a {tuple(pixel_values.shape[-2:])} input")
+        return grid
+
+    def describe(self) -> dict:
+        """What an index records about the model, so that queries are embedded the same way."""
+        config = self.model.config
+        return {
+            "model": self.source,
+            "model_type": config.model_type,
+            "resolution": self.resolution,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "image_mean": list(self.processor.image_mean),
+            "image_std": list(self.processor.image_std),
+        }
+
+

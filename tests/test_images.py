@@ -1,0 +1,197 @@
+"""load_image / load_images: every accepted input kind, the conversions, and one clear error per bad input."""
+
+from __future__ import annotations
+
+import base64
+import io
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from dinov3kit.images import ImageLoadError, LoadedImages, load_image, load_images
+from tests.oracles.images import encode, exif_jpeg, http_server, photo, sixteen_bit_gray, special_images, with_alpha
+
+
+@pytest.fixture(scope="module")
+def coffee() -> Image.Image:
+    return photo("coffee")
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    assert image.mode == "RGB"
+    return np.asarray(image)
+
+
+# --- accepted inputs --------------------------------------------------------------------------
+def test_pil_rgb_is_returned_with_the_same_pixels(coffee):
+    assert np.array_equal(pixels(load_image(coffee)), np.asarray(coffee))
+
+
+@pytest.mark.parametrize(
+    ("make", "tolerance"),
+    [
+        pytest.param(lambda a: a, 0, id="hwc"),
+        pytest.param(lambda a: np.ascontiguousarray(a.transpose(2, 0, 1)), 0, id="chw"),
+        pytest.param(lambda a: a.astype(np.uint16) * 257, 0, id="uint16"),
+        pytest.param(lambda a: a.astype(np.float32) / 255, 0, id="float01"),
+        pytest.param(lambda a: a.astype(np.float64), 0, id="float255"),
+        pytest.param(lambda a: torch.from_numpy(a.copy()).permute(2, 0, 1), 0, id="tensor_chw"),
+        pytest.param(lambda a: torch.from_numpy(a / 255).permute(2, 0, 1).to(torch.bfloat16), 1, id="tensor_bf16"),
+        pytest.param(lambda a: torch.from_numpy(a.astype(np.int32)), 0, id="tensor_int32"),
+        pytest.param(lambda a: a[None], 0, id="batch_of_one"),
+    ],
+)
+def test_arrays_and_tensors(coffee, make, tolerance):
+    expected = np.asarray(coffee).astype(np.int16)
+    result = pixels(load_image(make(np.asarray(coffee)))).astype(np.int16)
+    assert np.abs(result - expected).max() <= tolerance
+
+
+def test_grayscale_and_bool_arrays():
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    assert np.array_equal(pixels(load_image(gray)), np.repeat(gray[..., None], 3, axis=-1))
+    mask = np.eye(4, dtype=bool)
+    assert np.array_equal(pixels(load_image(mask))[..., 0], mask.astype(np.uint8) * 255)
+
+
+def test_rgba_array_is_composited_on_white():
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[0, 0] = (255, 0, 0, 255)  # opaque red
+    rgba[0, 1] = (255, 0, 0, 0)  # transparent: white
+    rgba[1, 0] = (0, 0, 0, 128)  # half-transparent black: mid gray
+    out = pixels(load_image(rgba))
+    assert tuple(out[0, 0]) == (255, 0, 0)
+    assert tuple(out[0, 1]) == (255, 255, 255)
+    assert all(abs(int(v) - 127) <= 1 for v in out[1, 0])
+
+
+def test_transparent_pil_modes_match_transformers_compositing(coffee):
+    rgba = with_alpha(coffee)
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    expected = np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    assert np.array_equal(pixels(load_image(rgba)), expected)
+    palette = coffee.convert("P")
+    palette.info["transparency"] = 0
+    assert pixels(load_image(palette)).shape == (*coffee.size[::-1], 3)
+    assert pixels(load_image(rgba.convert("LA"))).shape == (*coffee.size[::-1], 3)
+
+
+@pytest.mark.parametrize("name", ["grayscale", "cmyk", "palette"])
+def test_other_modes_use_pil_rgb_conversion(name):
+    image = special_images()[name]
+    assert np.array_equal(pixels(load_image(image)), np.asarray(image.convert("RGB")))
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(coffee, tmp_path):
+    image16, gray8 = sixteen_bit_gray(coffee)
+    assert image16.mode.startswith("I;16")
+    path = tmp_path / "gray16.png"
+    image16.save(path)
+    for source in (image16, path, np.asarray(image16)):
+        out = pixels(load_image(source))
+        assert np.array_equal(out[..., 0], gray8), source  # PIL's own RGB conversion would clip to 255
+
+
+def test_files_paths_bytes_file_objects_and_data_uris(coffee, tmp_path):
+    data = encode(coffee, "PNG")
+    path = tmp_path / "coffee.png"
+    path.write_bytes(data)
+    uri = "data:image/png;base64," + base64.b64encode(data).decode()
+    for source in (str(path), path, data, bytearray(data), io.BytesIO(data), uri):
+        assert np.array_equal(pixels(load_image(source)), np.asarray(coffee)), type(source)
+
+
+def test_url(coffee):
+    with http_server({"/coffee.png": encode(coffee)}) as base:
+        assert np.array_equal(pixels(load_image(base + "/coffee.png")), np.asarray(coffee))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(orientation):
+    image = photo("chelsea").resize((60, 40))
+    data = exif_jpeg(image, orientation)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    out = pixels(load_image(data))
+    assert out.shape == expected.shape
+    assert np.array_equal(out, expected)
+    assert out.shape[:2] == ((60, 40) if orientation >= 5 else (40, 60))
+
+
+# --- bad inputs -------------------------------------------------------------------------------
+def assert_load_error(source, *words, **kwargs) -> ImageLoadError:
+    with pytest.raises(ImageLoadError) as caught:
+        load_image(source, **kwargs)
+    message = str(caught.value)
+    for word in words:
+        assert word in message, message
+    assert isinstance(caught.value, ValueError)
+    return caught.value
+
+
+def test_corrupt_truncated_and_empty_files(coffee, tmp_path):
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"this is not an image at all" * 10)
+    assert_load_error(corrupt, "corrupt.jpg", "not an image")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(encode(coffee, "JPEG")[:2000])
+    assert_load_error(truncated, "truncated.jpg", "truncated")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    assert_load_error(empty, "empty.png", "empty")
+    assert_load_error(b"", "0 bytes", "empty")
+    assert_load_error(Image.open(truncated), "PIL image", "truncated")  # PIL opens lazily: decoding fails later
+    assert_load_error(tmp_path / "missing.png", "missing.png", "no such file")
+    assert_load_error(tmp_path, str(tmp_path.name), "folder")
+
+
+def test_images_without_pixels_and_unsupported_types():
+    assert_load_error(Image.new("RGB", (0, 0)), "0x0", "empty")
+    assert_load_error(np.zeros((0, 0, 3), np.uint8), "numpy array", "empty")
+    assert_load_error(torch.zeros(3, 0, 5), "torch tensor", "empty")
+    assert_load_error(object(), "object", "unsupported input type")
+    assert_load_error(42, "int", "unsupported input type")
+    assert_load_error(np.zeros((5, 6, 7), np.uint8), "channel axis")
+    assert_load_error(np.full((4, 4, 3), -0.5, np.float32), "normalised")
+    assert_load_error(np.full((4, 4, 3), np.nan, np.float32), "NaN")
+    assert_load_error(np.zeros((2, 4, 4, 3), np.uint8), "load_images")
+
+
+def test_one_pixel_image_is_valid():
+    assert pixels(load_image(np.full((1, 1, 3), 7, np.uint8))).shape == (1, 1, 3)
+
+
+def test_decompression_bomb_limit_stays_on(coffee, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert_load_error(encode(coffee), "decompression bomb", "MAX_IMAGE_PIXELS")
+
+
+def test_url_timeout_http_error_and_size_limit(coffee):
+    data = encode(coffee)
+    with http_server({"/slow.png": data}, delay=2.0) as base:
+        assert_load_error(base + "/slow.png", "slow.png", "timeout", timeout=0.3)
+    with http_server({"/coffee.png": data}) as base:
+        assert_load_error(base + "/missing.png", "missing.png", "404")
+        assert_load_error(base + "/coffee.png", "coffee.png", "limit", max_bytes=1000)
+
+
+def test_error_is_picklable():
+    error = ImageLoadError("'a.jpg'", "truncated", 3)
+    copy = pickle.loads(pickle.dumps(error))
+    assert str(copy) == str(error) == "image 3 ('a.jpg'): truncated"
+
+
+# --- batches ----------------------------------------------------------------------------------
+def test_load_images_names_the_bad_input_or_skips_it(coffee, tmp_path):
+    good = encode(coffee)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ImageLoadError, match=r"image 1 \('.*bad.png'\)"):
+        load_images([good, bad, coffee])
+    loaded = load_images([good, bad, coffee, b""], skip_errors=True)
+    assert isinstance(loaded, LoadedImages) and len(loaded) == 2
+    assert [error.index for error in loaded.skipped] == [1, 3]
+    assert "bad.png" in str(loaded.skipped[0]) and "0 bytes" in str(loaded.skipped[1])
+    assert len(load_images(coffee)) == 1

@@ -1,0 +1,237 @@
+"""The fast paths keep their promises (logic only; speed itself is shown by benchmarks/): RoPE tables cached
+and rotated in place, patch matmul = convolution, fp32-computed half matmuls on CPUs without half units,
+one compiled graph for every resolution, bf16 accuracy on a real photo, and `device_map` planning."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers.models.dinov3_vit import modeling_dinov3_vit as hf
+
+from dinov3kit import DINOv3ViTBackbone, DINOv3ViTConfig, DINOv3ViTModel
+from dinov3kit.models import layers, vit
+from dinov3kit.models.layers import PatchEmbed, linear
+from dinov3kit.models.rope import rope_cos_sin, rope_periods, rotate_
+from dinov3kit.weights import placement
+from oracles.hf_twin import save_hf_vit
+from oracles.random_weights import randomize_
+
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=2, num_register_tokens=4)
+
+
+def tiny_model(cls=DINOv3ViTModel, **config) -> DINOv3ViTModel:
+    torch.manual_seed(0)
+    return randomize_(cls(DINOv3ViTConfig(**{**TINY, **config})), seed=0).eval()
+
+
+# --- RoPE --------------------------------------------------------------------------------------------
+
+
+def test_rope_tables_are_cached_per_grid_in_eval_mode(monkeypatch):
+    model = tiny_model()
+    calls = []
+    monkeypatch.setattr(vit, "rope_cos_sin", lambda *args, **kw: calls.append(args[:2]) or rope_cos_sin(*args, **kw))
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(1, 3, 64, 48))
+        model(torch.randn(1, 3, 32, 32))
+    assert calls == [(4, 3), (2, 2)]
+    assert model.rope_tables((4, 3))[0] is model.rope_tables((4, 3))[0]
+
+
+def test_rope_cache_follows_the_periods_buffer():
+    model = tiny_model()
+    first = model.rope_tables((3, 3))
+    with torch.no_grad():
+        model.rope_periods.mul_(2)  # edited in place
+    edited = model.rope_tables((3, 3))
+    assert not torch.equal(edited[1], first[1])
+    assert torch.equal(edited[1], rope_cos_sin(3, 3, model.rope_periods)[1])
+    model.to(torch.float64)  # replaced
+    assert model.rope_tables((3, 3))[0] is not edited[0]
+
+
+def test_rope_tables_are_random_in_training_and_bounded_cache():
+    model = tiny_model().train()
+    assert not torch.equal(model.rope_tables((4, 4))[0], model.rope_tables((4, 4))[0])
+    model.eval()
+    for size in range(1, vit.ROPE_CACHE_SIZE + 5):
+        model.rope_tables((size, 1))
+    assert len(model._rope_cache) == vit.ROPE_CACHE_SIZE
+
+
+def test_tables_cached_in_inference_mode_serve_autograd_later():
+    model = tiny_model()
+    with torch.inference_mode():
+        model(torch.randn(1, 3, 32, 32))
+    pixels = torch.randn(1, 3, 32, 32, requires_grad=True)
+    model(pixels).pooler_output.sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_in_place_rotation_of_the_fused_qkv_buffer_matches_transformers(dtype):
+    batch, prefix, heads, head_dim, grid = 2, 5, 3, 16, (3, 4)
+    qkv = torch.randn(batch, prefix + grid[0] * grid[1], 3, heads, head_dim).to(dtype)
+    cos, sin = rope_cos_sin(*grid, rope_periods(head_dim, 100.0))
+    q, k, v = (t.clone() for t in qkv.permute(2, 0, 3, 1, 4).float())
+    q_ref, k_ref = hf.apply_rotary_pos_emb(q, k, cos, sin)  # fp32 reference, rounded once below
+    rotate_(qkv[:, prefix:, :2], cos[:, None, None], sin[:, None, None])
+    q_ours, k_ours, v_ours = qkv.permute(2, 0, 3, 1, 4)
+    tolerance = 1e-6 if dtype == torch.float32 else 0
+    for ours, ref in ((q_ours, q_ref), (k_ours, k_ref)):
+        expected = ref.to(dtype)
+        close = (ours.float() - expected.float()).abs() <= tolerance + 2 * torch.finfo(dtype).eps * expected.float().abs()
+        assert close.all()
+    assert torch.equal(v_ours.float(), v)  # values untouched
+    assert torch.equal(q_ours[:, :, :prefix].float(), q[:, :, :prefix])  # prefix tokens untouched
+
+
+# --- matmuls -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(64, 48), (70, 50)])
+def test_patch_matmul_equals_the_convolution(size):
+    embed = PatchEmbed(3, 32, 16)
+    randomize_(embed)
+    pixels = torch.randn(2, 3, *size)
+    expected = F.conv2d(pixels, embed.proj.weight, embed.proj.bias, stride=16).flatten(2).transpose(1, 2)
+    assert (embed(pixels) - expected).abs().max() <= 1e-5
+
+
+def test_half_matmul_on_cpu_without_half_units_is_fp32_rounded_once(monkeypatch):
+    x, weight, bias = (torch.randn(*shape).bfloat16() for shape in ((2, 40, 32), (16, 32), (16,)))
+    exact = F.linear(x.double(), weight.double(), bias.double())
+    monkeypatch.setattr(layers, "cpu_has_half_matmul_units", lambda: False)
+    upcast = linear(x, weight, bias)
+    assert upcast.dtype == torch.bfloat16
+    assert torch.equal(upcast, exact.float().bfloat16())  # fp32 products and sums, one rounding
+    seen, original = [], F.linear
+    monkeypatch.setattr(F, "linear", lambda a, *rest: seen.append(a.dtype) or original(a, *rest))
+    linear(x[:1, :10], weight, bias)  # too few rows to repay converting the weight: the half kernel
+    linear(x, weight, bias)
+    assert seen == [torch.bfloat16, torch.float32]
+    monkeypatch.setattr(layers, "cpu_has_half_matmul_units", lambda: True)
+    native = linear(x, weight, bias)
+    assert (native.float() - exact.float()).abs().max() <= 0.02 * exact.abs().max()
+
+
+def test_bf16_matches_fp32_on_a_real_photo(tmp_path):
+    """Relative error of the bf16 model's tokens against fp32 on a real photo (ViT-S/16 size, random weights,
+    which amplify rounding more than trained ones), no worse than transformers' own bf16 path."""
+    from skimage import data
+
+    reference, _ = save_hf_vit(
+        tmp_path, attn_implementation="sdpa", hidden_size=384, intermediate_size=1536, num_hidden_layers=12,
+        num_attention_heads=6, num_register_tokens=4,
+    )  # fmt: skip
+    ours = DINOv3ViTModel.from_pretrained(tmp_path)
+    image = np.asarray(Image.fromarray(data.astronaut()).resize((224, 224), Image.BICUBIC), dtype=np.float32)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    pixels = torch.from_numpy(((image / 255 - mean) / std).astype(np.float32)).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        fp32 = ours(pixels).last_hidden_state
+        bf16 = ours.to(torch.bfloat16)(pixels.bfloat16()).last_hidden_state.float()
+        theirs = reference.to(torch.bfloat16)(pixels.bfloat16()).last_hidden_state.float()
+    error = ((bf16 - fp32).norm() / fp32.norm()).item()
+    their_error = ((theirs - fp32).norm() / fp32.norm()).item()
+    assert error <= 1.5e-2 and error <= their_error * 1.05, (error, their_error)
+    assert F.cosine_similarity(bf16[0], fp32[0], dim=-1).min() > 0.999
+
+
+# --- torch.compile -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [DINOv3ViTModel, DINOv3ViTBackbone])
+def test_compiled_model_is_one_graph_for_every_resolution(cls):
+    import torch._dynamo
+
+    model = tiny_model(cls, out_indices=[1, 3])
+    compiled = tiny_model(cls, out_indices=[1, 3])
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    assert compiled.compile(backend="eager", dynamic=True) is compiled  # fullgraph: a graph break would raise
+    with torch.no_grad():
+        for size in ((48, 80), (64, 64), (70, 50)):  # non-square first: a square first shape makes
+            # PyTorch assume height == width ("duck sizing") and recompile once for the first non-square one
+            pixels = torch.randn(2, 3, *size)
+            got, expected = compiled(pixels), model(pixels)
+            key = "last_hidden_state" if cls is DINOv3ViTModel else "feature_maps"
+            for a, b in zip(torch.atleast_1d(*[getattr(got, key)]), torch.atleast_1d(*[getattr(expected, key)])):
+                assert (a - b).abs().max() <= 1e-5
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+# --- device_map ----------------------------------------------------------------------------------------
+
+GPU0, GPU1, CPU = torch.device("cuda", 0), torch.device("cuda", 1), torch.device("cpu")
+
+
+def units(model, dtype=torch.float32):
+    return placement.placement_units(model, dtype)
+
+
+def test_placement_units_cover_the_model_in_execution_order():
+    with torch.device("meta"):
+        model = DINOv3ViTModel(DINOv3ViTConfig(**TINY))
+    found = units(model)
+    assert [names for names, _ in found] == [
+        ["", "patch_embed", "blocks.0"], ["blocks.1"], ["blocks.2", "norm"]
+    ]  # fmt: skip
+    total = sum(p.numel() * 4 for p in model.parameters()) + model.rope_periods.numel() * 4
+    assert sum(size for _, size in found) == total
+    assert sum(size for _, size in units(model, torch.bfloat16)) < total
+
+
+def test_plan_prefers_one_device_then_splits_then_offloads():
+    parts = [(["", "blocks.0"], 40), (["blocks.1"], 30), (["blocks.2", "norm"], 30)]
+    one = placement.plan(parts, [(GPU0, 50), (GPU1, 100), (CPU, 1000)])
+    assert set(one.values()) == {GPU1}  # the first device that holds everything
+    split = placement.plan(parts, [(GPU0, 75), (GPU1, 60), (CPU, 1000)])
+    assert split == {"": GPU0, "blocks.0": GPU0, "blocks.1": GPU0, "blocks.2": GPU1, "norm": GPU1}
+    offload = placement.plan(parts, [(GPU0, 45), (GPU1, 35), (CPU, 1000)])
+    assert offload == {"": GPU0, "blocks.0": GPU0, "blocks.1": GPU1, "blocks.2": CPU, "norm": CPU}
+    with pytest.raises(ValueError, match=r"do not fit.*max_memory"):
+        placement.plan(parts, [(GPU0, 45), (CPU, 35)])
+
+
+def test_budgets_from_mocked_gpus(monkeypatch):
+    free = {0: 10 * 2**30, 1: 20 * 2**30}
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free[device.index], 80 * 2**30))
+    monkeypatch.setattr(placement, "free_memory", lambda device: free[device.index] if device.type == "cuda" else 2**34)
+    budgets = placement.memory_budgets()
+    assert [device for device, _ in budgets] == [GPU0, GPU1, CPU]
+    assert budgets[1][1] == int(placement.WEIGHT_SHARE * 20 * 2**30)
+    assert placement.memory_budgets({"cpu": "1GB", 1: "2GiB", 0: 5}) == [(GPU0, 5), (GPU1, 2**31), (CPU, 10**9)]
+
+
+def test_auto_map_splits_a_model_too_big_for_one_gpu(monkeypatch):
+    with torch.device("meta"):
+        model = DINOv3ViTModel(DINOv3ViTConfig(**TINY))
+    sizes = [size for _, size in units(model)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    budget = {0: sizes[0] + sizes[1], 1: sizes[2], "cpu": 0}
+    device_map = placement.resolve_device_map("auto", model, torch.float32, budget)
+    assert device_map["blocks.1"] == GPU0 and device_map["blocks.2"] == device_map["norm"] == GPU1
+    big = {0: sum(sizes), 1: sum(sizes)}
+    assert set(placement.resolve_device_map("auto", model, torch.float32, big).values()) == {GPU0}
+
+
+def test_device_map_loading_on_cpu(tmp_path):
+    reference, _ = save_hf_vit(tmp_path, **TINY)
+    pixels = torch.randn(1, 3, 48, 64)
+    with torch.no_grad():
+        expected = reference(pixels).last_hidden_state
+        auto = DINOv3ViTModel.from_pretrained(tmp_path, device_map="auto")
+        assert auto.hf_device_map == {"": "cpu"}
+        # Two distinct devices (cpu and cpu:0) exercise the hooks that move hidden states between parts.
+        split = DINOv3ViTModel.from_pretrained(tmp_path, device_map={"": "cpu", "blocks.2": "cpu:0", "norm": "cpu:0"})
+        assert sum(len(block._forward_pre_hooks) for block in split.blocks) == 3
+        for model in (auto, split):
+            assert (model(pixels).last_hidden_state - expected).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="do not fit"):
+        DINOv3ViTModel.from_pretrained(tmp_path, device_map="auto", max_memory={"cpu": "10KB"})
+    with pytest.raises(ValueError, match=r"places no device for \['', 'patch_embed'"):
+        DINOv3ViTModel.from_pretrained(tmp_path, device_map={"blocks": "cpu", "norm": "cpu"})
