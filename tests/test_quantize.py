@@ -12,7 +12,8 @@ pytest.importorskip("torchao", reason="the quantization extra is not installed")
 from skimage import data as photos  # noqa: E402
 from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig  # noqa: E402
 
-from dinov3kit import DINOv3ConvNextConfig, DINOv3ConvNextModel, DINOv3ViTConfig, DINOv3ViTModel  # noqa: E402
+from dinov3kit import CheckpointError, DINOv3ConvNextConfig, DINOv3ConvNextModel, DINOv3ViTConfig, DINOv3ViTModel  # noqa: E402
+from dinov3kit.weights import save_meta_checkpoint  # noqa: E402
 from dinov3kit.processing import DINOv3ViTImageProcessor  # noqa: E402
 from dinov3kit.quantize import (  # noqa: E402
     QuantizationError,
@@ -178,6 +179,11 @@ def test_from_pretrained_quantization_config(tmp_path):
         got, expected = model(pixels).last_hidden_state, reference(pixels).last_hidden_state
     assert nn.functional.cosine_similarity(got, expected, dim=-1).min() >= 0.99
     assert DINOv3ViTModel.from_pretrained(tmp_path, quantization_config=Int8WeightOnlyConfig()).quantization_scheme
+    with pytest.raises(CheckpointError, match="quantized"):
+        model.save_pretrained(tmp_path / "saved")
+    with pytest.raises(CheckpointError, match="quantized"):
+        save_meta_checkpoint(model, tmp_path / "saved.pth")
+    assert not (tmp_path / "saved").exists()
 
 
 def test_weights_footprint():

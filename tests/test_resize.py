@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dinov3kit.resize import filter_taps, resize, resize_batch
+from dinov3kit.resize import filter_taps, resize, resize_many
 
 SIZES = [(480, 224), (3000, 224), (100, 224), (7, 224), (1, 224), (301, 256), (224, 224), (2, 3), (224, 100)]
 
@@ -73,11 +73,11 @@ def test_float64_and_other_dtypes():
     assert (resize(gray, (20, 20)) - reference(gray.float(), (20, 20), "bilinear")).abs().max() <= 60000 * 1e-6
 
 
-def test_batches_equal_single_images():
+def test_groups_equal_single_images():
     generator = torch.Generator().manual_seed(1)
     images = [(torch.rand(120, 160, 3, generator=generator) * 255).to(torch.uint8).permute(2, 0, 1) for _ in range(5)]
-    for size in ((56, 56), (120, 40), (30, 160)):
-        batch = resize_batch(images, size, batch_bytes=2 * 3 * 120 * 160 * 4)  # two images per product
+    for size in ((56, 56), (120, 40), (30, 160), (240, 320)):
+        groups = resize_many(images, size, batch_bytes=2 * 3 * 120 * 160 * 4)  # two 120x160 images per product
+        assert [len(group) for group in groups] == ([1] * 5 if size == (240, 320) else [2, 2, 1])
         single = torch.stack([resize(image, size) for image in images])
-        assert batch.shape == (5, 3, *size)
-        assert (batch - single).abs().max() <= 255 * 1e-6
+        assert (torch.cat(groups) - single).abs().max() <= 255 * 1e-6

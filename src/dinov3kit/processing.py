@@ -39,7 +39,7 @@ from PIL import Image
 
 from . import images as imageio
 from .images import ImageLoadError, describe
-from .resize import resize_batch
+from .resize import resize_many
 from .variants import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATION
 
 logger = logging.getLogger(__name__)
@@ -159,9 +159,8 @@ class DINOv3ViTImageProcessor:
                 tensors = [tensor.to(device) for tensor in tensors]
             chunk: list[torch.Tensor] = [None] * len(tensors)  # type: ignore[list-item]
             for indices in _same_shape_groups(tensors):
-                batch = self.transform([tensors[i] for i in indices], opts)
-                for position, index in enumerate(indices):
-                    chunk[index] = batch[position]
+                for index, pixel_values in zip(indices, self.transform([tensors[i] for i in indices], opts)):
+                    chunk[index] = pixel_values
             pixels.extend(chunk)
         if opts["do_pad"]:
             pixels = _pad(pixels, opts["pad_size"])
@@ -169,23 +168,28 @@ class DINOv3ViTImageProcessor:
             pixels = [image.permute(1, 2, 0) for image in pixels]
         return BatchFeature(pixel_values=_collate(pixels, opts["return_tensors"]))
 
-    def transform(self, images: list[torch.Tensor], opts: dict[str, Any]) -> torch.Tensor:
+    def transform(self, images: list[torch.Tensor], opts: dict[str, Any]) -> list[torch.Tensor]:
         """transformers' rescale → resize → center crop → normalize of [C, H, W] images of one shape
-        (standardized options) → [N, C, h, w]. Resize and crop commute with the elementwise, linear
+        (standardized options), in order. Resize and crop commute with the elementwise, linear
         rescale, so they run first, and rescale and normalize run as one pass over the small result."""
         if opts["do_resize"]:
             height, width = images[0].shape[-2:]
             size = self.output_size(height, width, opts["size"], opts["keep_aspect_ratio"], opts["patch_size"])
-            batch = resize_batch(images, size, _resize_mode(opts["resample"]))
+            groups = resize_many(images, size, _resize_mode(opts["resample"]))
         else:
-            batch = torch.stack(images)
-        if opts["do_center_crop"]:
-            batch = center_crop(batch, opts["crop_size"]["height"], opts["crop_size"]["width"])
-        return rescale_and_normalize(
-            batch,
-            opts["rescale_factor"] if opts["do_rescale"] else None,
-            (opts["image_mean"], opts["image_std"]) if opts["do_normalize"] else None,
-        )
+            groups = [image[None] for image in images]
+        out = []
+        for group in groups:
+            if opts["do_center_crop"]:
+                group = center_crop(group, opts["crop_size"]["height"], opts["crop_size"]["width"])
+            out.extend(
+                rescale_and_normalize(
+                    group,
+                    opts["rescale_factor"] if opts["do_rescale"] else None,
+                    (opts["image_mean"], opts["image_std"]) if opts["do_normalize"] else None,
+                )
+            )
+        return out
 
     def output_size(
         self,

@@ -129,28 +129,40 @@ def resize(
     return _resample_width(rows.permute(2, 0, 1)[None], size, mode, work)[0]
 
 
-def resize_batch(
-    images: Sequence[torch.Tensor], size: tuple[int, int], mode: str = "bilinear", batch_bytes: int = 32 << 20
-) -> torch.Tensor:
-    """`resize` of several [C, H, W] images of one shape and dtype → [N, C, h, w]. The images are
-    resized together, a few at a time (about `batch_bytes` of float pixels), so that each sparse
-    product is large; big photos go one by one."""
+def resize_many(
+    images: Sequence[torch.Tensor], size: tuple[int, int], mode: str = "bilinear", batch_bytes: int = 4 << 20
+) -> list[torch.Tensor]:
+    """`resize` of several [C, H, W] images of one shape and dtype, in order, as [n, C, h, w] groups.
+    Small images are resized together, a few at a time (at most about `batch_bytes` of float pixels
+    in or out: fewer, larger operations, on buffers that stay in cache and that the allocator reuses
+    instead of mapping fresh pages); larger ones one by one."""
     channels, height, width = images[0].shape
     work = _work_dtype(images[0])
-    per_image = channels * height * width * torch.finfo(work).bits // 8
-    group = max(1, batch_bytes // per_image)
-    if mode not in FILTERS or tuple(size) == (height, width) or group == 1 or len(images) == 1:
-        return torch.stack([resize(image, size, mode) for image in images])
+    per_image = channels * max(height * width, size[0] * size[1]) * torch.finfo(work).bits // 8
+    if mode not in FILTERS or tuple(size) == (height, width) or per_image > batch_bytes:
+        return [resize(image, size, mode)[None] for image in images]
+    group = batch_bytes // per_image
     parts = []
     for start in range(0, len(images), group):
         chunk = images[start : start + group]
         rows = torch.empty(height, len(chunk), width, channels, dtype=work, device=chunk[0].device)
-        torch.stack([image.permute(1, 2, 0) for image in chunk], dim=1, out=rows)  # converts while copying
+        for index, image in enumerate(chunk):
+            _convert_into(rows[:, index], image.permute(1, 2, 0))
         if height != size[0]:
             rows = _resample_rows(rows.view(height, -1, channels), size[0], mode, work, batch_bytes)
         planar = rows.view(size[0], len(chunk), width, channels).permute(1, 3, 0, 2)  # [n, C, h, W] view
         parts.append(_resample_width(planar, size, mode, work))
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    return parts
+
+
+def _convert_into(destination: torch.Tensor, source: torch.Tensor) -> None:
+    """Copy `source` into `destination`, converting the dtype. On the CPU numpy does it: one thread per
+    image, where torch would open a parallel region per (small) image, which costs more than the copy
+    when the machine is busy."""
+    if destination.device.type == "cpu" and source.device.type == "cpu":
+        np.copyto(destination.numpy(), source.numpy(), casting="unsafe")
+    else:
+        destination.copy_(source)
 
 
 def _work_dtype(image: torch.Tensor) -> torch.dtype:

@@ -123,3 +123,28 @@ class PreTrainedModel(nn.Module):
         from ..weights.loading import save_model
 
         return save_model(self, folder, max_shard_size=max_shard_size)
+
+
+class BackboneMixin:
+    """Stage selection read from the config, as transformers' backbones expose it; a backbone class
+    defines `num_features` (channels of every stage)."""
+
+    config: Any
+    num_features: list[int]
+
+    @property
+    def stage_names(self) -> list[str]:
+        return self.config.stage_names
+
+    @property
+    def out_features(self) -> list[str]:
+        return self.config.out_features
+
+    @property
+    def out_indices(self) -> list[int]:
+        return self.config.out_indices
+
+    @property
+    def channels(self) -> list[int]:
+        """Channels of each selected stage."""
+        return [self.num_features[self.stage_names.index(name)] for name in self.out_features]

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..configs import DINOv3ConvNextConfig
-from .base import PreTrainedModel
+from .base import BackboneMixin, PreTrainedModel
 from .convnext_layers import ConvNextBlock, ConvNextStage
 from .outputs import BackboneOutput, BaseModelOutputWithPooling
 
@@ -175,7 +175,7 @@ class DINOv3ConvNextModel(DINOv3ConvNextPreTrainedModel):
         return tuple(results)
 
 
-class DINOv3ConvNextBackbone(DINOv3ConvNextPreTrainedModel):
+class DINOv3ConvNextBackbone(BackboneMixin, DINOv3ConvNextPreTrainedModel):
     """Feature maps of the stages chosen by `config.out_features` / `out_indices` ("stem" = the input,
     "stageN" = output of stage N), un-normed NCHW maps, as transformers. It has no final norm."""
 
@@ -184,24 +184,8 @@ class DINOv3ConvNextBackbone(DINOv3ConvNextPreTrainedModel):
         self.post_init()
 
     @property
-    def stage_names(self) -> list[str]:
-        return self.config.stage_names
-
-    @property
-    def out_features(self) -> list[str]:
-        return self.config.out_features
-
-    @property
-    def out_indices(self) -> list[int]:
-        return self.config.out_indices
-
-    @property
     def num_features(self) -> list[int]:
         return [self.config.num_channels] + list(self.config.hidden_sizes)
-
-    @property
-    def channels(self) -> list[int]:
-        return [self.num_features[self.stage_names.index(name)] for name in self.out_features]
 
     def forward(
         self,

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..configs import DINOv3ViTConfig
-from .base import PreTrainedModel
+from .base import BackboneMixin, PreTrainedModel
 from .layers import Block, PatchEmbed
 from .outputs import BackboneOutput, BaseModelOutputWithPooling
 from .rope import rope_cos_sin, rope_periods
@@ -227,29 +227,13 @@ class DINOv3ViTModel(DINOv3ViTPreTrainedModel):
         return output if return_dict or return_dict is None else output.to_tuple()
 
 
-class DINOv3ViTBackbone(DINOv3ViTPreTrainedModel):
+class DINOv3ViTBackbone(BackboneMixin, DINOv3ViTPreTrainedModel):
     """Feature maps of the stages chosen by `config.out_features` / `out_indices` (stem = embeddings,
     stageN = output of block N), normed when `apply_layernorm`, NCHW when `reshape_hidden_states`."""
 
     @property
-    def stage_names(self) -> list[str]:
-        return self.config.stage_names
-
-    @property
-    def out_features(self) -> list[str]:
-        return self.config.out_features
-
-    @property
-    def out_indices(self) -> list[int]:
-        return self.config.out_indices
-
-    @property
     def num_features(self) -> list[int]:
         return [self.config.hidden_size] * len(self.stage_names)
-
-    @property
-    def channels(self) -> list[int]:
-        return [self.config.hidden_size for _ in self.out_features]
 
     def forward(
         self,

@@ -272,10 +272,22 @@ def parse_size(size: int | str) -> int:
     return int(float(match.group(1)) * units.get((match.group(2) or "").lower(), 1))
 
 
+def refuse_quantized(model) -> None:
+    """Quantized tensors have no place in either checkpoint layout: say so before writing anything."""
+    from ..quantize import is_quantized
+
+    if is_quantized(model):
+        raise CheckpointError(
+            f"{type(model).__name__} is quantized and cannot be saved as a checkpoint; save the unquantized "
+            "model and quantize when loading: from_pretrained(..., quantization_config=...)"
+        )
+
+
 def save_model(model, folder: str | os.PathLike, *, max_shard_size: int | str = "5GB") -> Path:
     """Write a transformers-layout folder (config.json + safetensors, sharded past `max_shard_size`)."""
     from safetensors.torch import save_file
 
+    refuse_quantized(model)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config.copy()
@@ -325,6 +337,7 @@ def _shard(tensors: dict[str, torch.Tensor], limit: int) -> list[dict[str, torch
 
 def save_meta_checkpoint(model, path: str | os.PathLike) -> Path:
     """Write Meta's original `.pth` layout (fused QKV bias with its `bias_mask`, SwiGLU as w1/w2/w3)."""
+    refuse_quantized(model)
     ours = model.state_dict()
     theirs, _ = translate(
         LAYOUTS[model.config.model_type, "meta"].rules(model.config),
