@@ -6,7 +6,7 @@
 Per case (variant, resolution, batch) the three models are built directly on the GPU in bf16 with random
 weights, timed eager (interleaved rounds, medians), then dinov3kit and transformers are compiled the same
 way (`regional`: each block compiled once and reused by every block, what fits the time budget; `full`:
-the whole model) and timed again; compile time is the first compiled call. Throughput is also given as
+the whole model; `cuda-graphs`: the whole model with mode="reduce-overhead", for small fixed batches) and timed again; compile time is the first compiled call. Throughput is also given as
 achieved TFLOP/s (analytic FLOPs of the forward) and MFU against a bf16 matmul peak measured at the start.
 Cases run in priority order; compilation is skipped once `--budget` seconds would be exceeded, so the whole
 table fits 8 minutes on one H100. Results also go to $OUT/bench_gpu.json when $OUT is set.
@@ -88,8 +88,11 @@ def building(device: torch.device, dtype: torch.dtype):
 def build_models(variant: str, device: torch.device, dtype: torch.dtype, smoke: bool) -> tuple:
     from functools import partial as bind
 
-    from timm.layers import LayerNorm
-    from timm.models.eva import Eva
+    try:
+        from timm.layers import LayerNorm
+        from timm.models.eva import Eva
+    except ImportError:  # timm is a peer, not a need: the table goes on without it
+        Eva = None
     from transformers import DINOv3ViTConfig as HFConfig
     from transformers import DINOv3ViTModel as HFModel
 
@@ -102,7 +105,7 @@ def build_models(variant: str, device: torch.device, dtype: torch.dtype, smoke: 
         theirs = HFModel._from_config(
             HFConfig(**{k: getattr(config, k) for k in HF_KEYS}), attn_implementation="sdpa", dtype=dtype
         ).eval()
-        timm_model = Eva(
+        timm_model = None if Eva is None else Eva(
             patch_size=16, embed_dim=config.hidden_size, depth=config.num_hidden_layers,
             num_heads=config.num_attention_heads, qkv_bias=config.query_bias,
             mlp_ratio=config.intermediate_size / config.hidden_size, swiglu_mlp=config.use_gated_mlp,
@@ -118,6 +121,9 @@ def compile_models(ours, theirs, how: str) -> None:
     if how == "regional":
         for block in [*ours.blocks, *theirs.model.layer]:
             block.compile()
+    elif how == "cuda-graphs":  # whole model, replayed as CUDA graphs: what small fixed batches need
+        ours.compile(mode="reduce-overhead")
+        theirs.compile(mode="reduce-overhead")
     else:
         ours.compile()
         theirs.compile(fullgraph=False)
@@ -152,6 +158,8 @@ def run_case(case: str, args, device, dtype, peak: float, deadline: float) -> li
         "transformers eager": lambda: theirs(pixel_values=pixels).last_hidden_state,
         "timm eager": lambda: timm_model.forward_features(pixels),
     }
+    if timm_model is None:
+        del eager["timm eager"]
     results = []
     with torch.inference_mode():
         for name, fn in eager.items():
@@ -194,7 +202,7 @@ def run_case(case: str, args, device, dtype, peak: float, deadline: float) -> li
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=None, help=f"comma-separated variant:size:batch (default {CASES})")
-    parser.add_argument("--compile", choices=("regional", "full", "none"), default="regional")
+    parser.add_argument("--compile", choices=("regional", "full", "cuda-graphs", "none"), default="regional")
     parser.add_argument("--budget", type=float, default=450.0, help="seconds; later compilations are skipped")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--round-seconds", type=float, default=0.3)
@@ -216,7 +224,15 @@ def main() -> None:
     rows, results = [], []
     out = os.environ.get("OUT")
     for case in cases.split(","):
-        for r in run_case(case, args, device, dtype, peak, deadline):
+        try:
+            case_results = run_case(case, args, device, dtype, peak, deadline)
+        except Exception as error:  # report and go on: one failing case must not cost the whole GPU run
+            print(f"{case}: FAILED {type(error).__name__}: {error}", flush=True)
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        for r in case_results:
             results.append(r)
             rows.append([
                 r["case"], r["implementation"], f"{r['images_per_s']:.1f} ±{50 * r['spread']:.1f}%",

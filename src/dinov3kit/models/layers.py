@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kernels import add_layer_norm, fused_kernels_usable, rotate_qk_, silu_mul
 from .rope import rotate_
 
 ACTIVATIONS = {
@@ -37,9 +38,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     """`F.linear`, except for bf16/fp16 on a CPU without half-precision matrix units: there a product of at
     least UPCAST_MIN_ROWS rows is computed in fp32 and rounded once to the input dtype. That is the
     arithmetic of oneDNN's half kernels (exact products, fp32 sums), 2-3x faster on such CPUs (fewer rows
-    do not repay converting the weight). Weights of other tensor types (quantized) keep their own kernels."""
+    do not repay converting the weight). Weights of other tensor types (quantized) keep their own kernels,
+    and compiled graphs leave the choice to the compiler."""
     if (
         x.dtype in (torch.bfloat16, torch.float16)
+        and not torch.compiler.is_compiling()
         and x.device.type == "cpu"
         and type(weight) in (torch.Tensor, nn.Parameter)
         and x.numel() >= UPCAST_MIN_ROWS * x.shape[-1]
@@ -126,8 +129,11 @@ class Attention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, tokens, dim = x.shape
         qkv = linear(x, self.qkv.weight, self.qkv_bias()).view(batch, tokens, 3, self.num_heads, self.head_dim)
-        cos, sin = (table[:, None, None] for table in rope)  # [patches, 1, 1, d]: broadcast over q/k and heads
-        rotate_(qkv[:, num_prefix_tokens:, :2], cos, sin)  # the patch rows of q and k, in the fused buffer
+        if fused_kernels_usable(qkv):
+            rotate_qk_(qkv, *rope, num_prefix_tokens)  # one pass over the buffer on GPUs
+        else:
+            cos, sin = (table[:, None, None] for table in rope)  # [patches, 1, 1, d]: over q/k and heads
+            rotate_(qkv[:, num_prefix_tokens:, :2], cos, sin)  # the patch rows of q and k, in the fused buffer
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # strided views [B, H, N, d], no copies
         dropout = self.dropout if self.training else 0.0
         if eager:
@@ -149,11 +155,14 @@ class Mlp(nn.Module):
         self.gated = gated
         self.fc1 = nn.Linear(dim, 2 * hidden if gated else hidden, bias=bias)
         self.act = activation(act)
+        self.fused_silu = gated and act in ("silu", "swish")
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = linear(x, self.fc1.weight, self.fc1.bias)
-        if self.gated:
+        if self.fused_silu and fused_kernels_usable(x):
+            x = silu_mul(x)
+        elif self.gated:
             gate, up = x.chunk(2, dim=-1)
             x = self.act(gate) * up
         else:
@@ -234,11 +243,27 @@ class Block(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         num_prefix_tokens: int,
         eager: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn, weights = self.attn(self.norm1(x), rope, num_prefix_tokens, eager=eager)
-        x = self.residual(x, attn, self.ls1)
-        x = self.residual(x, self.mlp(self.norm2(x)), self.ls2)
-        return x, weights
+        *,
+        normed: torch.Tensor | None = None,
+        next_norm: nn.LayerNorm | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Returns (output, attention weights or None, next_norm(output) or None).
+
+        On GPUs each layer-scaled residual and the LayerNorm after it run as one fused pass: the second
+        residual is fused with `next_norm` (the next block's norm1, passed in as `normed`) when given.
+        """
+        attn, weights = self.attn(self.norm1(x) if normed is None else normed, rope, num_prefix_tokens, eager=eager)
+        fused = fused_kernels_usable(x) and not (self.training and self.drop_path.drop_prob > 0.0)
+        if fused:
+            x, normed = add_layer_norm(x, attn, self.ls1.gamma, self.norm2)
+        else:
+            x = self.residual(x, attn, self.ls1)
+            normed = self.norm2(x)
+        branch = self.mlp(normed)
+        if fused and next_norm is not None and next_norm.weight.device == x.device:
+            x, following = add_layer_norm(x, branch, self.ls2.gamma, next_norm)
+            return x, weights, following
+        return self.residual(x, branch, self.ls2), weights, None
 
     def residual(self, x: torch.Tensor, branch: torch.Tensor, scale: LayerScale) -> torch.Tensor:
         """x + drop_path(scale(branch)); one fused multiply-add when no path is dropped."""

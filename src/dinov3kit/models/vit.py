@@ -151,11 +151,14 @@ class DINOv3ViTPreTrainedModel(PreTrainedModel):
         eager = output_attentions or self.attn_implementation == "eager"
         prefix = self.config.num_prefix_tokens
         hidden_states, attentions = [x], []
-        for block in self.blocks[:num_blocks]:
+        blocks = self.blocks[:num_blocks]
+        normed = None  # the next block's norm1(x), when the previous block fused it into its last residual
+        for index, block in enumerate(blocks):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x, weights = checkpoint(block, x, rope, prefix, eager, use_reentrant=False)
+                x, weights, normed = checkpoint(block, x, rope, prefix, eager, use_reentrant=False)
             else:
-                x, weights = block(x, rope, prefix, eager)
+                following = blocks[index + 1].norm1 if index + 1 < len(blocks) else None
+                x, weights, normed = block(x, rope, prefix, eager, normed=normed, next_norm=following)
             hidden_states.append(x)
             if output_attentions:
                 attentions.append(weights)

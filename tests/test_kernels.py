@@ -1,0 +1,99 @@
+"""The fused Triton kernels against their torch twins (on the CPU through Triton's interpreter)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from dinov3kit.models import kernels  # noqa: E402
+from dinov3kit.models.rope import rope_cos_sin, rope_periods, rotate_  # noqa: E402
+
+
+#: On a GPU the compiled kernels run; elsewhere conftest.py has Triton interpret them on the CPU.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads, head_dim, prefix, grid", [(3, 16, 5, (3, 4)), (2, 64, 1, (2, 2))])
+def test_fused_rope_matches_the_torch_rotation(dtype, heads, head_dim, prefix, grid):
+    torch.manual_seed(0)
+    tokens = prefix + grid[0] * grid[1]
+    qkv = torch.randn(2, tokens, 3 * heads * head_dim).to(DEVICE, dtype).view(2, tokens, 3, heads, head_dim)
+    cos, sin = (t.to(DEVICE) for t in rope_cos_sin(*grid, rope_periods(head_dim, 100.0)))
+    expected = qkv.clone()
+    rotate_(expected[:, prefix:, :2], cos[:, None, None], sin[:, None, None])
+    got = kernels.rotate_qk_(qkv.clone(), cos, sin, prefix)
+    tolerance = 1e-6 if dtype == torch.float32 else 2 ** -7  # bf16: at most one rounding step apart
+    assert (got.float() - expected.float()).abs().max() <= tolerance * expected.float().abs().clamp(min=1).max()
+    assert torch.equal(got[:, :prefix], qkv[:, :prefix]) and torch.equal(got[:, :, 2], qkv[:, :, 2])
+
+
+def test_fused_kernels_are_only_used_where_they_apply(monkeypatch):
+    x = torch.randn(2, 3)
+    assert not kernels.fused_kernels_usable(x)  # CPU tensors keep the torch ops
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    assert kernels.fused_kernels_usable(x)
+    assert not kernels.fused_kernels_usable(x.requires_grad_())  # autograd needs the differentiable ops
+    with torch.no_grad():
+        assert kernels.fused_kernels_usable(x)
+
+
+def test_fused_rope_refuses_a_non_fused_layout():
+    qkv = torch.randn(1, 5, 3, 2, 8).transpose(3, 4)
+    cos = sin = torch.ones(4, 8)
+    with pytest.raises(ValueError, match="contiguous"):
+        kernels.rotate_qk_(qkv, cos, sin, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows, dim", [(7, 48), (3, 384), (2, 1280)])
+def test_fused_residual_and_layer_norm_match_the_torch_ops(dtype, rows, dim):
+    torch.manual_seed(0)
+    x, branch = torch.randn(2, rows, dim).to(DEVICE, dtype), torch.randn(2, rows, dim).to(DEVICE, dtype)
+    gamma = (0.5 + 0.25 * torch.randn(dim)).to(DEVICE, dtype)
+    norm = torch.nn.LayerNorm(dim, eps=1e-5).to(DEVICE, dtype)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.2 * torch.randn(dim, device=DEVICE))
+        norm.bias.copy_(0.1 * torch.randn(dim, device=DEVICE))
+        expected = torch.addcmul(x, branch, gamma)
+        expected_normed = norm(expected)
+        got, normed = kernels.add_layer_norm(x, branch, gamma, norm)
+    step = 1e-6 if dtype == torch.float32 else 2**-7
+    assert (got.float() - expected.float()).abs().max() <= step * expected.float().abs().max()
+    assert (normed.float() - expected_normed.float()).abs().max() <= 4 * step * expected_normed.float().abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_silu_gate_matches_the_torch_ops(dtype):
+    torch.manual_seed(0)
+    x = (2 * torch.randn(3, 5, 2 * 40)).to(DEVICE, dtype)
+    gate, up = x.chunk(2, dim=-1)
+    expected = torch.nn.functional.silu(gate) * up
+    got = kernels.silu_mul(x)
+    step = 1e-6 if dtype == torch.float32 else 2**-7
+    assert got.shape == expected.shape
+    assert (got.float() - expected.float()).abs().max() <= step * expected.float().abs().max()
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_model_with_fused_kernels_matches_the_torch_path(monkeypatch, gated):
+    from dinov3kit import DINOv3ViTConfig, DINOv3ViTModel
+    from dinov3kit.models import layers
+    from tests.oracles.random_weights import randomize_
+
+    config = DINOv3ViTConfig(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, num_register_tokens=2,
+        use_gated_mlp=gated, hidden_act="silu" if gated else "gelu",
+    )  # fmt: skip
+    model = randomize_(DINOv3ViTModel(config).eval()).to(DEVICE)
+    pixels = torch.randn(2, 3, 48, 64, device=DEVICE)
+    with torch.inference_mode():
+        monkeypatch.setattr(layers, "fused_kernels_usable", lambda x: False)
+        expected = model(pixels, output_hidden_states=True)
+        monkeypatch.setattr(layers, "fused_kernels_usable", lambda x: True)  # on a CPU: the interpreted kernels
+        got = model(pixels, output_hidden_states=True)
+    for a, b in zip(got.hidden_states, expected.hidden_states):
+        assert (a - b).abs().max() <= 1e-5
+    assert (got.last_hidden_state - expected.last_hidden_state).abs().max() <= 1e-5
