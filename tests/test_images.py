@@ -195,3 +195,22 @@ def test_load_images_names_the_bad_input_or_skips_it(coffee, tmp_path):
     assert [error.index for error in loaded.skipped] == [1, 3]
     assert "bad.png" in str(loaded.skipped[0]) and "0 bytes" in str(loaded.skipped[1])
     assert len(load_images(coffee)) == 1
+
+
+def test_rgbx_view_shares_pillows_memory_and_outlives_the_image():
+    import gc
+
+    from dinov3kit.images import rgbx_view
+
+    pixels = (np.random.default_rng(0).random((37, 53, 3)) * 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    view = rgbx_view(image)
+    if view is None:
+        pytest.skip("this Pillow has no Arrow export (Pillow < 11.2); the processor copies the pixels instead")
+    assert view.shape == (37, 53, 4) and not view.flags.writeable
+    assert np.array_equal(view[..., :3], pixels)
+    assert np.array_equal(rgbx_view(image.crop((3, 4, 20, 30)))[..., :3], pixels[4:30, 3:20])
+    del image
+    gc.collect()
+    assert np.array_equal(view[..., :3], pixels)  # the export keeps the memory alive
+    assert rgbx_view(Image.new("L", (4, 4))) is None and rgbx_view(Image.new("RGBA", (4, 4))) is None

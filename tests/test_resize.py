@@ -81,3 +81,37 @@ def test_groups_equal_single_images():
         assert [len(group) for group in groups] == ([1] * 5 if size == (240, 320) else [2, 2, 1])
         single = torch.stack([resize(image, size) for image in images])
         assert (torch.cat(groups) - single).abs().max() <= 255 * 1e-6
+
+
+def padded_rgb(height: int, width: int, seed: int) -> torch.Tensor:
+    """[3, H, W] uint8 view of an [H, W, 4] buffer: how Pillow stores RGB (what the processor receives)."""
+    generator = torch.Generator().manual_seed(seed)
+    rgbx = (torch.rand(height, width, 4, generator=generator) * 255).to(torch.uint8)
+    return rgbx[..., :3].permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("size", [(224, 224), (100, 37), (300, 400), (120, 224), (224, 160)])
+def test_padded_rgb_pixels_in_groups_and_alone(size):
+    images = [padded_rgb(120, 160, seed) for seed in range(3)]
+    expected = torch.stack([reference(image, size, "bilinear") for image in images])
+    grouped = torch.cat(resize_many(images, size, batch_bytes=2 * 4 * 300 * 400 * 4))
+    alone = torch.stack([resize(image, size) for image in images])
+    blocked = torch.stack([resize(image, size, block_bytes=1 << 14) for image in images])
+    for result in (grouped, alone, blocked):
+        assert result.shape == expected.shape
+        assert (result - expected).abs().max() <= 255 * 1e-6
+
+
+def test_mixed_padded_and_plain_images_in_one_group():
+    images = [padded_rgb(60, 80, 0), padded_rgb(60, 80, 1).contiguous(), padded_rgb(60, 80, 2)]
+    expected = torch.stack([reference(image, (32, 48), "bilinear") for image in images])
+    assert (torch.cat(resize_many(images, (32, 48))) - expected).abs().max() <= 255 * 1e-6
+
+
+def test_results_do_not_share_the_scratch_buffers():
+    first = torch.cat(resize_many([padded_rgb(120, 160, 0)], (56, 160)))  # width kept: a copy of the rows
+    second = torch.cat(resize_many([padded_rgb(120, 160, 0)], (56, 56)))
+    kept = first.clone()
+    resize_many([padded_rgb(120, 160, 5)], (56, 160))
+    resize_many([padded_rgb(120, 160, 6)], (56, 56))
+    assert torch.equal(first, kept) and torch.equal(second, torch.cat(resize_many([padded_rgb(120, 160, 0)], (56, 56))))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
 import io
 import os
 import urllib.error
@@ -319,3 +320,58 @@ def _as_numpy(array: Any, name: str) -> np.ndarray:
         return tensor.numpy()
     except (TypeError, RuntimeError) as error:
         raise ImageLoadError(name, f"unsupported tensor dtype {tensor.dtype}") from error
+
+
+class _ArrowArray(ctypes.Structure):
+    """The Arrow C data interface's ArrowArray struct (what Pillow's `__arrow_c_array__` exports)."""
+
+
+_ArrowArray._fields_ = [
+    ("length", ctypes.c_int64),
+    ("null_count", ctypes.c_int64),
+    ("offset", ctypes.c_int64),
+    ("n_buffers", ctypes.c_int64),
+    ("n_children", ctypes.c_int64),
+    ("buffers", ctypes.POINTER(ctypes.c_void_p)),
+    ("children", ctypes.POINTER(ctypes.POINTER(_ArrowArray))),
+    ("dictionary", ctypes.c_void_p),
+    ("release", ctypes.c_void_p),
+    ("private_data", ctypes.c_void_p),
+]
+
+
+class _ExportedPixels:
+    """Keeps Pillow's export (and so the image memory) alive for as long as a numpy view of it exists."""
+
+    def __init__(self, capsule: Any, address: int, shape: tuple[int, ...]) -> None:
+        self.capsule = capsule
+        self.__array_interface__ = {"shape": shape, "typestr": "|u1", "data": (address, True), "version": 3}
+
+
+def _capsule_pointer(capsule: Any) -> int:
+    get = ctypes.pythonapi.PyCapsule_GetPointer
+    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    return get(capsule, b"arrow_array")
+
+
+def rgbx_view(image: Image.Image) -> np.ndarray | None:
+    """Pillow's own memory of an RGB image as a read-only [H, W, 4] uint8 array (the 4th byte is padding),
+    without a copy, through its Arrow export (Pillow >= 11.2); None where that is not possible (older
+    Pillow, other modes, images stored in several blocks). Copying the pixels out costs about as much
+    as everything else done to a 640x480 photo before it reaches the model."""
+    export = getattr(image, "__arrow_c_array__", None)
+    if export is None or image.mode != "RGB" or not (image.width and image.height):
+        return None
+    try:
+        image.load()
+        _, capsule = export()
+        array = _ArrowArray.from_address(_capsule_pointer(capsule))
+        if array.n_children != 1 or array.offset or array.length != image.width * image.height:
+            return None
+        values = array.children[0].contents
+        if values.offset or values.n_buffers != 2 or values.length != 4 * array.length:
+            return None
+        address = values.buffers[1]
+    except Exception:  # an export this code does not know: the caller copies instead
+        return None
+    return np.asarray(_ExportedPixels(capsule, address, (image.height, image.width, 4)))

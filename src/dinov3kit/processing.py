@@ -506,6 +506,9 @@ def _pil_to_tensor(image: Image.Image, do_convert_rgb: bool | None) -> torch.Ten
         return _array_to_tensor(pixels, do_convert_rgb, "channels_last", name)
     if do_convert_rgb is not False and image.mode != "RGB":
         image = imageio.to_rgb(image, name)
+    rgbx = imageio.rgbx_view(image)
+    if rgbx is not None:  # Pillow's memory itself, no copy; the padding byte is never used
+        return _from_numpy(rgbx, name)[..., :3].permute(2, 0, 1)
     tensor = _from_numpy(_pil_pixels(image), name)
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
 

@@ -6,13 +6,19 @@ matrix whose rows hold the filter taps of one output row, applied to the image i
 (HWC from PIL/numpy needs no transpose; very large images by blocks of rows). The taps are computed
 exactly as PyTorch computes them for float32 inputs (same float32 rounding of the filter centres, which
 matters: PyTorch's weights deviate from exact ones by up to ~1e-5), so results agree with PyTorch to
-float32 accumulation rounding (~1e-7 relative). The width is then resampled by PyTorch's own kernel on
-the small intermediate image.
+float32 accumulation rounding (~1e-7 relative). The width is then resampled on the small intermediate
+image: by a sparse product too for batches of photos (after one transposing copy), by PyTorch's own
+kernel for single large images.
+
+Speed comes as much from memory as from arithmetic: intermediates live in per-thread scratch buffers
+(fresh buffers cost page faults), and RGB images that Pillow stores with a 4th padding byte per pixel
+are converted all 4 bytes at a time (contiguous reads), the padding channel dropped at the end.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from functools import lru_cache
 from typing import Sequence
@@ -101,6 +107,27 @@ def resample_matrix(
     return matrix if torch.device(device).type == "cpu" else matrix.to(device)
 
 
+#: Largest intermediate buffer kept for reuse (per thread and slot). A fresh multi-megabyte buffer per
+#: image costs page faults that take longer than the arithmetic done in it (converting a 640x480 photo
+#: to float: 0.8 ms into fresh memory, 0.2-0.35 ms into a reused buffer).
+SCRATCH_BYTES = 32 << 20
+_scratch = threading.local()
+
+
+def scratch(slot: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised tensor for an intermediate result that does not outlive the call that asks for it.
+    CPU buffers up to SCRATCH_BYTES are kept per thread and slot, grown as needed, and reused."""
+    count = math.prod(shape)
+    nbytes = count * torch.finfo(dtype).bits // 8 if dtype.is_floating_point else count
+    if torch.device(device).type != "cpu" or nbytes > SCRATCH_BYTES:
+        return torch.empty(shape, dtype=dtype, device=device)
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    buffer = buffers.get((slot, dtype))
+    if buffer is None or buffer.numel() < count:
+        buffer = buffers[(slot, dtype)] = torch.empty(count, dtype=dtype)
+    return buffer[:count].view(shape)
+
+
 #: Float pixels converted at once. Bigger images (over ~20 MP) are resampled by blocks of rows, which
 #: bounds memory; below it one large product per pass is fastest (few, big, well-parallelised ops).
 BLOCK_BYTES = 256 << 20
@@ -123,10 +150,11 @@ def resize(
     if mode in ("nearest", "nearest-exact"):
         source = image if image.dtype in (torch.uint8, work) else image.to(work)
         return torch.nn.functional.interpolate(source[None], size=tuple(size), mode=mode)[0].to(work)
-    rows = image.permute(1, 2, 0)  # [H, W, C]: a plain view of HWC storage
+    channels = image.shape[0]
+    rows = _padded_rgb(image.permute(1, 2, 0))  # [H, W, C]: a plain view of HWC storage
     if rows.shape[0] != size[0]:
         rows = _resample_rows(rows, size[0], mode, work, block_bytes)
-    return _resample_width(rows.permute(2, 0, 1)[None], size, mode, work)[0]
+    return _resample_width(rows.permute(2, 0, 1)[None], size, mode, work)[0, :channels]
 
 
 def resize_many(
@@ -144,25 +172,47 @@ def resize_many(
     group = batch_bytes // per_image
     parts = []
     for start in range(0, len(images), group):
-        chunk = images[start : start + group]
-        rows = torch.empty(height, len(chunk), width, channels, dtype=work, device=chunk[0].device)
-        for index, image in enumerate(chunk):
-            _convert_into(rows[:, index], image.permute(1, 2, 0))
+        pixels = [_padded_rgb(image.permute(1, 2, 0)) for image in images[start : start + group]]
+        stored = pixels[0].shape[-1] if len({p.shape for p in pixels}) == 1 else channels
+        rows = scratch("pixels", (height, len(pixels), width, stored), work, pixels[0].device)
+        for index, hwc in enumerate(pixels):
+            rows[:, index].copy_(hwc[..., :stored])
         if height != size[0]:
-            rows = _resample_rows(rows.view(height, -1, channels), size[0], mode, work, batch_bytes)
-        planar = rows.view(size[0], len(chunk), width, channels).permute(1, 3, 0, 2)  # [n, C, h, W] view
-        parts.append(_resample_width(planar, size, mode, work))
+            rows = _resample_rows(rows.view(height, -1, stored), size[0], mode, work, batch_bytes)
+        rows = rows.view(size[0], len(pixels), width, stored)
+        if width == size[1]:
+            planar = _resample_width(rows.permute(1, 3, 0, 2), size, mode, work)
+        else:
+            planar = _resample_columns(rows, size[1], mode, work)
+        parts.append(planar[:, :channels])
     return parts
 
 
-def _convert_into(destination: torch.Tensor, source: torch.Tensor) -> None:
-    """Copy `source` into `destination`, converting the dtype. On the CPU numpy does it: one thread per
-    image, where torch would open a parallel region per (small) image, which costs more than the copy
-    when the machine is busy."""
-    if destination.device.type == "cpu" and source.device.type == "cpu":
-        np.copyto(destination.numpy(), source.numpy(), casting="unsafe")
+def _padded_rgb(pixels: torch.Tensor) -> torch.Tensor:
+    """[H, W, 3] pixels stored with a 4th byte per pixel (as Pillow keeps RGB images) seen as [H, W, 4], so
+    that conversions read memory in order (3x faster than skipping every 4th byte); others unchanged."""
+    height, width, channels = pixels.shape
+    if channels != 3 or pixels.stride() != (4 * width, 4, 1):
+        return pixels
+    if pixels.storage_offset() + 4 * width * height > pixels.untyped_storage().nbytes() // pixels.element_size():
+        return pixels
+    return pixels.as_strided((height, width, 4), (4 * width, 4, 1))
+
+
+def _resample_columns(rows: torch.Tensor, out_width: int, mode: str, work: torch.dtype) -> torch.Tensor:
+    """[h, n, W, C] → [n, C, h, out_width] (a strided view): the width resampled by a sparse product
+    after one copy that puts the width first. On small images this beats PyTorch's kernel on the
+    channel-interleaved rows (640x480 → 224: 1.6-1.7 ms instead of 1.8-2.1 ms per photo for both passes)."""
+    height, count, width, channels = rows.shape
+    columns = scratch("columns", (width, height, count, channels), work, rows.device)
+    if channels * rows.element_size() == 16:  # RGBX float32 pixels move as single 16-byte elements
+        columns.view(torch.complex128).copy_(rows.view(torch.complex128).permute(2, 0, 1, 3))
     else:
-        destination.copy_(source)
+        columns.copy_(rows.permute(2, 0, 1, 3))
+    matrix = resample_matrix(width, out_width, mode, rows.device, work)
+    out = torch.empty(out_width, height * count * channels, dtype=work, device=rows.device)
+    torch.addmm(out, matrix, columns.view(width, -1), beta=0, out=out)
+    return out.view(out_width, height, count, channels).permute(2, 3, 1, 0)
 
 
 def _work_dtype(image: torch.Tensor) -> torch.dtype:
@@ -171,9 +221,9 @@ def _work_dtype(image: torch.Tensor) -> torch.dtype:
 
 def _resample_width(images: torch.Tensor, size: tuple[int, int], mode: str, work: torch.dtype) -> torch.Tensor:
     """[N, C, h, W] (any strides) → contiguous [N, C, h, w] in `work` precision, with PyTorch's kernel."""
+    if images.shape[-1] == size[1]:  # a copy: `images` may be a scratch buffer
+        return images.to(work, memory_format=torch.contiguous_format, copy=True)
     images = images if images.dtype == work else images.to(work)
-    if images.shape[-1] == size[1]:
-        return images.contiguous()
     return torch.nn.functional.interpolate(images, size=tuple(size), mode=mode, antialias=True, align_corners=False)
 
 
@@ -185,7 +235,8 @@ def _resample_rows(rows: torch.Tensor, out_size: int, mode: str, work: torch.dty
     row_bytes = middle * channels * torch.finfo(work).bits // 8
     if rows.dtype == work or length * row_bytes <= block_bytes:
         flat = _contiguous(rows, work).reshape(length, middle * channels)
-        return torch.sparse.mm(matrix, flat).reshape(out_size, middle, channels)
+        out = scratch("rows", (out_size, middle * channels), work, rows.device)
+        return torch.addmm(out, matrix, flat, beta=0, out=out).view(out_size, middle, channels)
     crow, col, values = matrix.crow_indices(), matrix.col_indices(), matrix.values()
     out = torch.empty(out_size, middle * channels, dtype=work, device=rows.device)
     step = max(1, block_bytes * out_size // (row_bytes * length))
