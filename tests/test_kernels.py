@@ -97,3 +97,31 @@ def test_model_with_fused_kernels_matches_the_torch_path(monkeypatch, gated):
     for a, b in zip(got.hidden_states, expected.hidden_states):
         assert (a - b).abs().max() <= 1e-5
     assert (got.last_hidden_state - expected.last_hidden_state).abs().max() <= 1e-5
+
+
+def test_cpu_linear_gelu_matches_linear_then_gelu():
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(2, 9, 24), torch.randn(40, 24) / 5, torch.randn(40)
+    with torch.inference_mode():
+        assert kernels.cpu_linear_gelu_usable(x, weight)
+        expected = torch.nn.functional.gelu(torch.nn.functional.linear(x, weight, bias))
+        assert (kernels.cpu_linear_gelu(x, weight, bias) - expected).abs().max() <= 1e-6
+        assert not kernels.cpu_linear_gelu_usable(x.bfloat16(), weight)
+    assert not kernels.cpu_linear_gelu_usable(x, weight.requires_grad_())  # autograd keeps the torch ops
+
+
+def test_cpu_fused_mlp_keeps_model_parity(monkeypatch):
+    from dinov3kit import DINOv3ViTConfig, DINOv3ViTModel
+    from tests.oracles.random_weights import randomize_
+
+    config = DINOv3ViTConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2)
+    model = randomize_(DINOv3ViTModel(config).eval())
+    pixels = torch.randn(2, 3, 48, 64)
+    calls = []
+    fused = kernels.cpu_linear_gelu
+    monkeypatch.setattr("dinov3kit.models.layers.cpu_linear_gelu", lambda *a: calls.append(1) or fused(*a))
+    with torch.inference_mode():
+        got = model(pixels).last_hidden_state
+        monkeypatch.setattr(kernels, "enabled", False)
+        expected = model(pixels).last_hidden_state
+    assert len(calls) == 2 and (got - expected).abs().max() <= 1e-5

@@ -714,13 +714,13 @@ def _find_processor_config(source: str | os.PathLike, hub) -> dict[str, Any] | N
             if data is not None:
                 return data
         return None
-    from .weights.resolve import _HUB_ID, _hub_file
+    from .weights.resolve import hub_file, is_hub_id
 
-    if not (isinstance(source, str) and _HUB_ID.match(source)):
+    if not is_hub_id(source):
         raise ValueError(f"{source}: no such file or folder, and not a Hugging Face hub id (owner/name)")
     for name in (IMAGE_PROCESSOR_NAME, PROCESSOR_NAME):
         try:
-            data = _read_processor_json(_hub_file(source, name, hub, missing_ok=True))
+            data = _read_processor_json(hub_file(source, name, hub, missing_ok=True))
         except FileNotFoundError:
             continue
         if data is not None:

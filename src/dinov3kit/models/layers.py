@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import add_layer_norm, fused_kernels_usable, rotate_qk_, silu_mul
+from .kernels import add_layer_norm, cpu_linear_gelu, cpu_linear_gelu_usable, fused_kernels_usable, rotate_qk_, silu_mul
 from .rope import rotate_
 
 ACTIVATIONS = {
@@ -156,9 +156,12 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, 2 * hidden if gated else hidden, bias=bias)
         self.act = activation(act)
         self.fused_silu = gated and act in ("silu", "swish")
+        self.exact_gelu = not gated and act == "gelu"
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.exact_gelu and cpu_linear_gelu_usable(x, self.fc1.weight):
+            return linear(cpu_linear_gelu(x, self.fc1.weight, self.fc1.bias), self.fc2.weight, self.fc2.bias)
         x = linear(x, self.fc1.weight, self.fc1.bias)
         if self.fused_silu and fused_kernels_usable(x):
             x = silu_mul(x)

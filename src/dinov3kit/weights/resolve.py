@@ -47,12 +47,17 @@ def locate(source: str | os.PathLike, hub: HubOptions | None = None) -> Checkpoi
         if path.name.endswith(".safetensors") and (path.parent / CONFIG_NAME).is_file():
             return Checkpoint(str(path), "hf", open_safetensors([path]), path.parent / CONFIG_NAME)
         return Checkpoint(str(path), "meta", open_torch_pickle(path))
-    if isinstance(source, str) and _HUB_ID.match(source) and not source.endswith(TORCH_SUFFIXES):
+    if is_hub_id(source) and not str(source).endswith(TORCH_SUFFIXES):
         return _open_hub(source, hub or HubOptions())
     raise CheckpointError(
         f"{source}: no such file or folder, and not a Hugging Face hub id (owner/name); pass a hub id, a folder "
         "with config.json and model.safetensors, or a Meta .pth checkpoint"
     )
+
+
+def is_hub_id(source: object) -> bool:
+    """Whether `source` has the form of a Hugging Face hub id ("owner/name")."""
+    return isinstance(source, str) and _HUB_ID.match(source) is not None
 
 
 def resolve_config_file(source: str | os.PathLike, hub: HubOptions | None = None) -> Path:
@@ -64,8 +69,8 @@ def resolve_config_file(source: str | os.PathLike, hub: HubOptions | None = None
         if not (path / CONFIG_NAME).is_file():
             raise CheckpointError(f"{path}: has no {CONFIG_NAME}")
         return path / CONFIG_NAME
-    if isinstance(source, str) and _HUB_ID.match(source):
-        return _hub_file(source, CONFIG_NAME, hub or HubOptions())
+    if is_hub_id(source):
+        return hub_file(source, CONFIG_NAME, hub or HubOptions())
     raise CheckpointError(f"{source}: no such config file, folder or hub id")
 
 
@@ -88,18 +93,18 @@ def _open_folder(folder: Path) -> Checkpoint:
 
 
 def _open_hub(repo_id: str, hub: HubOptions) -> Checkpoint:
-    config = _hub_file(repo_id, CONFIG_NAME, hub)
+    config = hub_file(repo_id, CONFIG_NAME, hub)
     try:
-        weights = [_hub_file(repo_id, SAFE_WEIGHTS_NAME, hub, missing_ok=True)]
+        weights = [hub_file(repo_id, SAFE_WEIGHTS_NAME, hub, missing_ok=True)]
     except FileNotFoundError:
-        index = _hub_file(repo_id, SAFE_WEIGHTS_INDEX_NAME, hub)
+        index = hub_file(repo_id, SAFE_WEIGHTS_INDEX_NAME, hub)
         weight_map = read_safetensors_index(index)
-        weights = [_hub_file(repo_id, name, hub) for name in sorted(set(weight_map.values()))]
+        weights = [hub_file(repo_id, name, hub) for name in sorted(set(weight_map.values()))]
         return Checkpoint(repo_id, "hf", open_safetensors(weights, weight_map), config)
     return Checkpoint(repo_id, "hf", open_safetensors(weights), config)
 
 
-def _hub_file(repo_id: str, filename: str, hub: HubOptions, missing_ok: bool = False) -> Path:
+def hub_file(repo_id: str, filename: str, hub: HubOptions, missing_ok: bool = False) -> Path:
     """Download (or take from the cache) one file of a hub repository; errors say what to do."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
