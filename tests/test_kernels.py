@@ -125,3 +125,26 @@ def test_cpu_fused_mlp_keeps_model_parity(monkeypatch):
         monkeypatch.setattr(kernels, "enabled", False)
         expected = model(pixels).last_hidden_state
     assert len(calls) == 2 and (got - expected).abs().max() <= 1e-5
+
+
+def test_reused_cpu_buffers_serve_inference_mode_then_no_grad():
+    from dinov3kit import DINOv3ViTConfig, DINOv3ViTModel
+
+    model = DINOv3ViTModel(DINOv3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2))
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        first = model.eval()(pixels).last_hidden_state.clone()
+    with torch.no_grad():
+        assert torch.equal(model(pixels).last_hidden_state, first)
+    assert torch.equal(model(pixels).last_hidden_state.detach(), first)  # autograd on: the plain ops
+
+
+def test_outputs_never_share_the_reused_buffers():
+    from dinov3kit import DINOv3ViTConfig, DINOv3ViTModel
+
+    model = DINOv3ViTModel(DINOv3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)).eval()
+    with torch.inference_mode():
+        first = model(torch.randn(2, 3, 32, 32), output_hidden_states=True)
+        kept = [h.clone() for h in first.hidden_states] + [first.last_hidden_state.clone()]
+        model(torch.randn(2, 3, 32, 32), output_hidden_states=True)
+    assert all(torch.equal(a, b) for a, b in zip([*first.hidden_states, first.last_hidden_state], kept))

@@ -18,13 +18,14 @@ are converted all 4 bytes at a time (contiguous reads), the padding channel drop
 from __future__ import annotations
 
 import math
-import threading
 import warnings
 from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from .scratch import scratch
 
 def _triangle(x: np.ndarray, real: type) -> np.ndarray:
     x = np.abs(x)
@@ -107,27 +108,6 @@ def resample_matrix(
     return matrix if torch.device(device).type == "cpu" else matrix.to(device)
 
 
-#: Largest intermediate buffer kept for reuse (per thread and slot). A fresh multi-megabyte buffer per
-#: image costs page faults that take longer than the arithmetic done in it (converting a 640x480 photo
-#: to float: 0.8 ms into fresh memory, 0.2-0.35 ms into a reused buffer).
-SCRATCH_BYTES = 32 << 20
-_scratch = threading.local()
-
-
-def scratch(slot: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An uninitialised tensor for an intermediate result that does not outlive the call that asks for it.
-    CPU buffers up to SCRATCH_BYTES are kept per thread and slot, grown as needed, and reused."""
-    count = math.prod(shape)
-    nbytes = count * torch.finfo(dtype).bits // 8 if dtype.is_floating_point else count
-    if torch.device(device).type != "cpu" or nbytes > SCRATCH_BYTES:
-        return torch.empty(shape, dtype=dtype, device=device)
-    buffers = _scratch.__dict__.setdefault("buffers", {})
-    buffer = buffers.get((slot, dtype))
-    if buffer is None or buffer.numel() < count:
-        buffer = buffers[(slot, dtype)] = torch.empty(count, dtype=dtype)
-    return buffer[:count].view(shape)
-
-
 #: Float pixels converted at once. Bigger images (over ~20 MP) are resampled by blocks of rows, which
 #: bounds memory; below it one large product per pass is fastest (few, big, well-parallelised ops).
 BLOCK_BYTES = 256 << 20
@@ -174,7 +154,7 @@ def resize_many(
     for start in range(0, len(images), group):
         pixels = [_padded_rgb(image.permute(1, 2, 0)) for image in images[start : start + group]]
         stored = pixels[0].shape[-1] if len({p.shape for p in pixels}) == 1 else channels
-        rows = scratch("pixels", (height, len(pixels), width, stored), work, pixels[0].device)
+        rows = scratch("resize.pixels", (height, len(pixels), width, stored), work, pixels[0].device)
         for index, hwc in enumerate(pixels):
             rows[:, index].copy_(hwc[..., :stored])
         if height != size[0]:
@@ -204,7 +184,7 @@ def _resample_columns(rows: torch.Tensor, out_width: int, mode: str, work: torch
     after one copy that puts the width first. On small images this beats PyTorch's kernel on the
     channel-interleaved rows (640x480 → 224: 1.6-1.7 ms instead of 1.8-2.1 ms per photo for both passes)."""
     height, count, width, channels = rows.shape
-    columns = scratch("columns", (width, height, count, channels), work, rows.device)
+    columns = scratch("resize.columns", (width, height, count, channels), work, rows.device)
     if channels * rows.element_size() == 16:  # RGBX float32 pixels move as single 16-byte elements
         columns.view(torch.complex128).copy_(rows.view(torch.complex128).permute(2, 0, 1, 3))
     else:
@@ -235,7 +215,7 @@ def _resample_rows(rows: torch.Tensor, out_size: int, mode: str, work: torch.dty
     row_bytes = middle * channels * torch.finfo(work).bits // 8
     if rows.dtype == work or length * row_bytes <= block_bytes:
         flat = _contiguous(rows, work).reshape(length, middle * channels)
-        out = scratch("rows", (out_size, middle * channels), work, rows.device)
+        out = scratch("resize.rows", (out_size, middle * channels), work, rows.device)
         return torch.addmm(out, matrix, flat, beta=0, out=out).view(out_size, middle, channels)
     crow, col, values = matrix.crow_indices(), matrix.col_indices(), matrix.values()
     out = torch.empty(out_size, middle * channels, dtype=work, device=rows.device)
