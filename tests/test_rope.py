@@ -13,6 +13,7 @@ from dinov3kit.models.rope import (
     rope_angles,
     rope_cos_sin,
     rope_periods,
+    rotate_,
     rotate_half,
 )
 
@@ -74,3 +75,13 @@ def test_augmentation_bounds_and_identity_when_off():
         shifted = augment_coordinates(coords, shift=0.1)
         delta = shifted - coords
         assert delta.abs().max() <= 0.1 and torch.allclose(delta, delta[:1].expand_as(delta))
+
+
+def test_rotation_into_a_workspace_is_the_same():
+    qkv = torch.randn(2, 7, 3, 2, 8)
+    cos, sin = (t[:, None, None] for t in rope_cos_sin(2, 3, rope_periods(8, 100.0)))
+    expected, got = qkv.clone(), qkv.clone()
+    rotate_(expected[:, 1:, :2], cos, sin)
+    workspace = torch.full((2, 6, 2, 2, 8), float("nan"))
+    rotate_(got[:, 1:, :2], cos, sin, workspace)
+    assert torch.equal(got, expected)

@@ -157,7 +157,8 @@ class Attention(nn.Module):
         eager: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, tokens, dim = x.shape
-        if reuses_buffers(x, self.qkv.weight):  # q, k, v are read by the attention below, then dropped
+        reuse = reuses_buffers(x, self.qkv.weight)  # q, k, v are read by the attention below, then dropped
+        if reuse:
             qkv = linear_into_scratch(x, self.qkv.weight, self.qkv_bias(), "vit.qkv")
         else:
             qkv = linear(x, self.qkv.weight, self.qkv_bias())
@@ -166,7 +167,11 @@ class Attention(nn.Module):
             rotate_qk_(qkv, *rope, num_prefix_tokens)  # one pass over the buffer on GPUs
         else:
             cos, sin = (table[:, None, None] for table in rope)  # [patches, 1, 1, d]: over q/k and heads
-            rotate_(qkv[:, num_prefix_tokens:, :2], cos, sin)  # the patch rows of q and k, in the fused buffer
+            patches_qk = qkv[:, num_prefix_tokens:, :2]  # the patch rows of q and k, in the fused buffer
+            workspace = None
+            if reuse:
+                workspace = scratch("vit.rope", patches_qk.shape, cos.dtype, x.device, ACTIVATION_SCRATCH_BYTES)
+            rotate_(patches_qk, cos, sin, workspace)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # strided views [B, H, N, d], no copies
         dropout = self.dropout if self.training else 0.0
         if eager:

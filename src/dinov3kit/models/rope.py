@@ -82,15 +82,16 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def rotate_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotate_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, workspace: torch.Tensor | None = None) -> torch.Tensor:
     """Rotate x [..., head_dim] in place: x * cos + rotate_half(x) * sin, with cos/sin broadcastable to x.
 
     The arithmetic runs in the tables' dtype (fp32) and is rounded once to x's dtype, so bf16 models keep
     fp32-accurate positions. In place on a strided view (e.g. the patch rows of a fused QKV buffer), it
-    writes one temporary and makes no copies of the prefix tokens or of the unrotated halves.
+    writes one temporary (into `workspace` when given: a tensor of the broadcast shape and cos's dtype) and
+    makes no copies of the prefix tokens or of the unrotated halves.
     """
     half = x.shape[-1] // 2
-    rotated = x * cos
+    rotated = x * cos if workspace is None else torch.mul(x, cos, out=workspace)
     rotated[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
     rotated[..., half:].addcmul_(x[..., :half], sin[..., half:])
     return x.copy_(rotated)
