@@ -5,7 +5,7 @@ in it (converting a 640x480 photo to float: 0.8 ms into fresh memory, 0.2-0.35 m
 CPU activations of a ViT at batch 16 likewise). Buffers handed out here are kept per thread and slot and
 reused; a result that leaves the function that asked for it must never be one of them. They stay
 allocated until the thread ends or `release()` is called: at most a few tens of MB for preprocessing,
-and about the size of two MLP activations for CPU inference (ViT-S at batch 16: 35 MB).
+and the QKV, MLP hidden and RoPE activations for CPU inference (ViT-S at batch 16: about 45 MB).
 """
 
 from __future__ import annotations
