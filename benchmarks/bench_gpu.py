@@ -86,7 +86,6 @@ def building(device: torch.device, dtype: torch.dtype):
 
 
 def build_models(variant: str, device: torch.device, dtype: torch.dtype, smoke: bool) -> tuple:
-    from functools import partial as bind
 
     try:
         from timm.layers import LayerNorm
@@ -111,7 +110,7 @@ def build_models(variant: str, device: torch.device, dtype: torch.dtype, smoke: 
             mlp_ratio=config.intermediate_size / config.hidden_size, swiglu_mlp=config.use_gated_mlp,
             swiglu_align_to=8, init_values=1e-5, rope_type="dinov3", rope_temperature=100, rope_rotate_half=True,
             use_rot_pos_emb=True, use_abs_pos_emb=False, num_reg_tokens=config.num_register_tokens,
-            use_fc_norm=False, norm_layer=bind(LayerNorm, eps=1e-5), dynamic_img_size=True, num_classes=0,
+            use_fc_norm=False, norm_layer=partial(LayerNorm, eps=1e-5), dynamic_img_size=True, num_classes=0,
         ).eval()  # fmt: skip
     return config, ours, theirs, timm_model
 

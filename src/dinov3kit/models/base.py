@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -123,6 +123,12 @@ class PreTrainedModel(nn.Module):
         from ..weights.loading import save_model
 
         return save_model(self, folder, max_shard_size=max_shard_size)
+
+
+def layer_indices(n: int | Sequence[int], count: int) -> list[int]:
+    """Meta's `get_intermediate_layers` selection: the last `n` of `count` layers, or the listed 0-based
+    indices (negative ones from the end)."""
+    return list(range(count - n, count)) if isinstance(n, int) else [i % count for i in n]
 
 
 class BackboneMixin:

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..configs import DINOv3ConvNextConfig
-from .base import BackboneMixin, PreTrainedModel
+from .base import BackboneMixin, PreTrainedModel, layer_indices
 from .convnext_layers import ConvNextBlock, ConvNextStage
 from .outputs import BackboneOutput, BaseModelOutputWithPooling
 
@@ -160,7 +160,7 @@ class DINOv3ConvNextModel(DINOv3ConvNextPreTrainedModel):
         indices. Patches are [B, h*w, C], or NCHW maps with `reshape`; with `return_class_token` each
         entry is (patches, pooled [B, C]). As Meta, `norm` applies the final norm to the last stage only."""
         count = self.config.num_stages
-        indices = list(range(count - n, count)) if isinstance(n, int) else [i % count for i in n]
+        indices = layer_indices(n, count)
         states = self.encode(pixel_values, num_stages=max(indices) + 1)
         results = []
         for index in indices:

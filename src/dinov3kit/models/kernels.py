@@ -43,16 +43,29 @@ def _triton_available() -> bool:
 CPU_LINEAR_GELU_MAX_ROWS = 1024
 
 
+def inference_only(x: torch.Tensor, weight: torch.Tensor | None = None) -> bool:
+    """Whether ops without autograd formulas may run: no gradient is tracked through `x` (or `weight`), we
+    are not inside a compiled graph (the compiler fuses by itself), and `weight` is a plain tensor
+    (quantized tensor types keep their own kernels)."""
+    if torch.compiler.is_compiling():
+        return False
+    if weight is not None and type(weight) not in (torch.Tensor, torch.nn.Parameter):
+        return False
+    tracked = x.requires_grad or (weight is not None and weight.requires_grad)
+    return not (torch.is_grad_enabled() and tracked)
+
+
+def cpu_fp32_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """fp32 inference on the CPU with a plain weight: where the CPU fast paths apply."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and inference_only(x, weight)
+
+
 def cpu_linear_gelu_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether `cpu_linear_gelu` may replace linear + GELU: fp32 CPU inference with plain weights, few rows."""
     return (
         enabled
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
         and x.numel() <= CPU_LINEAR_GELU_MAX_ROWS * x.shape[-1]
-        and type(weight) in (torch.Tensor, torch.nn.Parameter)
-        and not torch.compiler.is_compiling()
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and cpu_fp32_inference(x, weight)
         and _onednn_linear() is not None
     )
 
@@ -72,13 +85,7 @@ def cpu_linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 def fused_kernels_usable(x: torch.Tensor) -> bool:
     """Whether the fused kernels may replace the torch ops for this tensor."""
-    return (
-        enabled
-        and x.is_cuda
-        and not torch.compiler.is_compiling()
-        and not (torch.is_grad_enabled() and x.requires_grad)
-        and _triton_available()
-    )
+    return enabled and x.is_cuda and inference_only(x) and _triton_available()
 
 
 def rotate_qk_(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
@@ -94,7 +101,8 @@ def rotate_qk_(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_pref
         raise ValueError("rotate_qk_ needs each token's q, k, v channels contiguous")
     cos, sin = cos.float().contiguous(), sin.float().contiguous()
     width = 2 * heads * head_dim
-    triton, kernel = _kernels().triton, _kernels().rope_qk_kernel
+    module = _kernels()
+    triton, kernel = module.triton, module.rope_qk_kernel
     with torch.cuda.device(qkv.device) if qkv.is_cuda else contextlib.nullcontext():  # CPU: the interpreter
         kernel[(batch * patches,)](
             qkv, cos, sin, patches, num_prefix_tokens, qkv.stride(0), qkv.stride(1), head_dim=head_dim,
@@ -112,7 +120,8 @@ def add_layer_norm(
     x, branch = x.contiguous(), branch.contiguous()
     out, normed = torch.empty_like(x), torch.empty_like(x)
     rows = x.numel() // dim
-    triton, kernel = _kernels().triton, _kernels().add_norm_kernel
+    module = _kernels()
+    triton, kernel = module.triton, module.add_norm_kernel
     block_dim = triton.next_power_of_2(dim)
     block_rows = max(1, 4096 // block_dim)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
@@ -128,7 +137,8 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
     x = x.contiguous()
     hidden = x.shape[-1] // 2
     out = x.new_empty(*x.shape[:-1], hidden)
-    triton, kernel = _kernels().triton, _kernels().silu_mul_kernel
+    module = _kernels()
+    triton, kernel = module.triton, module.silu_mul_kernel
     block = 1024
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         kernel[(triton.cdiv(out.numel(), block),)](x, out, out.numel(), hidden=hidden, block=block)

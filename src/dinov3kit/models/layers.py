@@ -9,7 +9,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..scratch import scratch
-from .kernels import add_layer_norm, cpu_linear_gelu, cpu_linear_gelu_usable, fused_kernels_usable, rotate_qk_, silu_mul
+from .kernels import (
+    add_layer_norm,
+    cpu_fp32_inference,
+    cpu_linear_gelu,
+    cpu_linear_gelu_usable,
+    fused_kernels_usable,
+    rotate_qk_,
+    silu_mul,
+)
 from .rope import rotate_
 
 ACTIVATIONS = {
@@ -57,21 +65,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
 ACTIVATION_SCRATCH_BYTES = 64 << 20
 
 
-def reuses_buffers(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether `linear_into_scratch` applies: fp32 CPU inference with plain weights. Fresh activation
-    buffers cost page faults on first touch; reusing them saves 10-25% of a CPU forward at batch 16."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and type(weight) in (torch.Tensor, nn.Parameter)
-        and not torch.compiler.is_compiling()
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-    )
-
-
 def linear_into_scratch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, slot: str) -> torch.Tensor:
-    """`F.linear` written into this thread's reused buffer `slot`: for intermediates that never leave the
-    module computing them (a later call overwrites the buffer)."""
+    """`F.linear` written into this thread's reused buffer `slot`, for fp32 CPU inference (see
+    `cpu_fp32_inference`): fresh activation buffers cost page faults on first touch, and reusing them saves
+    10-25% of a CPU forward at batch 16. Only for intermediates that never leave the module computing them
+    (a later call overwrites the buffer)."""
     rows = x.reshape(-1, x.shape[-1])
     out = scratch(slot, (rows.shape[0], weight.shape[0]), x.dtype, x.device, ACTIVATION_SCRATCH_BYTES)
     if bias is None:
@@ -157,7 +155,7 @@ class Attention(nn.Module):
         eager: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, tokens, dim = x.shape
-        reuse = reuses_buffers(x, self.qkv.weight)  # q, k, v are read by the attention below, then dropped
+        reuse = cpu_fp32_inference(x, self.qkv.weight)  # q, k, v are read by the attention below, then dropped
         if reuse:
             qkv = linear_into_scratch(x, self.qkv.weight, self.qkv_bias(), "vit.qkv")
         else:
@@ -200,7 +198,7 @@ class Mlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.exact_gelu and cpu_linear_gelu_usable(x, self.fc1.weight):
             return linear(cpu_linear_gelu(x, self.fc1.weight, self.fc1.bias), self.fc2.weight, self.fc2.bias)
-        if self.exact_gelu and reuses_buffers(x, self.fc1.weight):  # the hidden layer, in one reused buffer
+        if self.exact_gelu and cpu_fp32_inference(x, self.fc1.weight):  # the hidden layer, in one reused buffer
             hidden = torch.ops.aten.gelu_(linear_into_scratch(x, self.fc1.weight, self.fc1.bias, "vit.mlp"))
             return linear(hidden, self.fc2.weight, self.fc2.bias)
         x = linear(x, self.fc1.weight, self.fc1.bias)

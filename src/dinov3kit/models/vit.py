@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..configs import DINOv3ViTConfig
-from .base import BackboneMixin, PreTrainedModel
+from .base import BackboneMixin, PreTrainedModel, layer_indices
 from .layers import Block, PatchEmbed
 from .outputs import BackboneOutput, BaseModelOutputWithPooling
 from .rope import rope_cos_sin, rope_periods
@@ -178,7 +178,7 @@ class DINOv3ViTPreTrainedModel(PreTrainedModel):
         0-based block indices. `reshape=True` gives NCHW maps [B, D, h, w]. With `return_class_token` /
         `return_extra_tokens` each entry is a tuple (patches, cls [B, D], registers [B, R, D])."""
         depth = self.config.num_hidden_layers
-        indices = list(range(depth - n, depth)) if isinstance(n, int) else [i % depth for i in n]
+        indices = layer_indices(n, depth)
         hidden_states, _ = self.encode(pixel_values, num_blocks=max(indices) + 1)
         grid = self.patch_grid(pixel_values)
         prefix = self.config.num_prefix_tokens
