@@ -86,7 +86,6 @@ def building(device: torch.device, dtype: torch.dtype):
 
 
 def build_models(variant: str, device: torch.device, dtype: torch.dtype, smoke: bool) -> tuple:
-
     try:
         from timm.layers import LayerNorm
         from timm.models.eva import Eva
