@@ -1,15 +1,20 @@
 """ViT forward speed on the CPU: dinov3kit vs transformers vs timm on the same random weights.
 
-    .venv/bin/python benchmarks/bench_vit_cpu.py [--threads 2] [--repeats 5] [--cases vits16:fp32:1,...]
+    .venv/bin/python benchmarks/bench_vit_cpu.py [--threads 2] [--repeats 7] [--cases vits16:fp32:1,...]
+                                                 [--same-process]
 
-Each case builds the three models from one checkpoint, checks that their normed tokens agree, then
-times `no_grad` forwards of a 224 px batch, interleaved round by round. Images/s are medians.
+Each case saves one random checkpoint, then runs each library in its own process (`common.Isolated`):
+it loads the model there, the script checks that the three give the same normed tokens, then times
+`inference_mode` forwards of a 224 px batch, one process at a time, round by round (each round runs
+about `--round-seconds` of forwards in a row per library). Images/s are medians over the rounds.
+`--same-process` runs the three in this process instead, where they share the C allocator (see common.py).
 Target (issue 6): ours >= 1.1x transformers in every case.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 from pathlib import Path
 
@@ -18,52 +23,72 @@ import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DEFAULT_CASES = "vits16:fp32:1,vits16:fp32:16,vitb16:fp32:1,vitb16:fp32:16,vits16:bf16:16"
+FORWARDS = {
+    "dinov3kit": lambda model, x: model(x).last_hidden_state,
+    "transformers": lambda model, x: model(pixel_values=x).last_hidden_state,
+    "timm": lambda model, x: model.forward_features(x),
+}
 
 
-def forwards(ours, theirs, timm_model) -> dict:
-    return {
-        "dinov3kit": lambda x: ours(x).last_hidden_state,
-        "transformers": lambda x: theirs(pixel_values=x).last_hidden_state,
-        "timm": lambda x: timm_model.forward_features(x),
-    }
-
-
-def run_case(variant: str, dtype_name: str, batch: int, repeats: int, size: int) -> list:
+def contender(name: str, folder: Path, dtype_name: str, batch: int, size: int):
+    """The timed call of one library: a forward of a fixed random batch (built in the contender's process)."""
     dtype = DTYPES[dtype_name]
-    with tempfile.TemporaryDirectory() as folder:
-        models = common.vit_twins(variant, folder=Path(folder))
-    models = [m.to(dtype).eval() for m in models]
-    fns = forwards(*models)
+    model = common.load_vit_twin(name, folder).to(dtype)
     pixel_values = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(dtype)
-    with torch.inference_mode():
-        diffs = common.same_outputs(fns, pixel_values)
-        stats = common.interleaved({n: (lambda f=f: f(pixel_values)) for n, f in fns.items()}, repeats=repeats)
+
+    def forward():
+        with torch.inference_mode():
+            return FORWARDS[name](model, pixel_values)
+
+    return forward
+
+
+def run_case(variant: str, dtype_name: str, batch: int, args: argparse.Namespace) -> list:
+    with tempfile.TemporaryDirectory() as folder:
+        common.save_vit_twins(variant, folder=Path(folder))
+        builders = {
+            name: functools.partial(contender, name, Path(folder), dtype_name, batch, args.size) for name in FORWARDS
+        }
+        if args.same_process:
+            fns = {name: build() for name, build in builders.items()}
+            outputs = {name: fn().float() for name, fn in fns.items()}
+            stats = common.interleaved(fns, repeats=args.repeats)
+        else:
+            with common.Isolated(builders, threads=args.threads) as isolated:
+                outputs = {name: isolated.output(name) for name in builders}
+                seconds = max(isolated.time(name) for name in builders)  # also the warm-up call
+                number = max(1, round(args.round_seconds / seconds))
+                stats = common.interleaved(isolated.timers(number), repeats=args.repeats, warmup=0, self_timed=True)
+    diff = max((outputs[name] - outputs["dinov3kit"]).abs().max().item() for name in FORWARDS)
     rate = {name: batch / s.median for name, s in stats.items()}
     return [
         f"{variant} {dtype_name} b{batch}",
-        *(f"{rate[n]:.2f} {stats[n].spread_text()}" for n in fns),
+        *(f"{rate[n]:.2f} {stats[n].spread_text()}" for n in FORWARDS),
         f"{rate['dinov3kit'] / rate['transformers']:.2f}x",
         f"{rate['dinov3kit'] / rate['timm']:.2f}x",
-        f"{max(diffs['transformers'], diffs['timm']):.1e}",
+        f"{diff:.1e}",
     ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--cases", default=DEFAULT_CASES, help="comma-separated variant:dtype:batch")
+    parser.add_argument("--same-process", action="store_true", help="run the three libraries in this process")
+    parser.add_argument("--round-seconds", type=float, default=1.0, help="forwards in a row per library and round")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(common.machine())
     rows = []
     for case in args.cases.split(","):
         variant, dtype_name, batch = case.split(":")
-        rows.append(run_case(variant, dtype_name, int(batch), args.repeats, args.size))
+        rows.append(run_case(variant, dtype_name, int(batch), args))
         print(" | ".join(rows[-1]), flush=True)
+    where = "one process" if args.same_process else "one process per library"
     common.print_table(
-        f"ViT forward on CPU, {args.size} px, {args.threads} threads, images/s (median ± half IQR)",
+        f"ViT forward on CPU, {args.size} px, {args.threads} threads, {where}, images/s (median ± half IQR)",
         ["case", "dinov3kit", "transformers", "timm", "vs transformers", "vs timm", "max |diff|"],
         rows,
     )

@@ -1,12 +1,16 @@
 """Shared helpers of the benchmark scripts: interleaved timing, robust statistics, tables, twins.
 
-Every script compares implementations inside one process run, interleaving them round by round so
-that drifts of the machine (frequency, other load) hit every contender alike, and reports the median
-with its spread (the interquartile range as a percentage of the median).
+Every script compares implementations in one run, interleaving them round by round so that drifts of
+the machine (frequency, other load) hit every contender alike, and reports the median with its spread
+(the interquartile range as a percentage of the median). CPU model forwards run each contender in its
+own process (`Isolated`): in one process the contenders share the C allocator, and how much memory one
+of them leaves cached decides how many page faults the next one takes, which moved single ratios by up
+to 25% on the 2-core box.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import platform
 import statistics
@@ -52,12 +56,14 @@ def interleaved(
     number: int = 1,
     warmup: int = 1,
     min_seconds: float = 0.0,
+    self_timed: bool = False,
 ) -> dict[str, Stats]:
     """Time each callable `number` times per round for `repeats` rounds, rotating who goes first.
 
     Returns the per-call time statistics. `warmup` untimed calls run first (one-off costs: allocator,
     kernel selection, lazy initialisation). With `min_seconds`, rounds continue past `repeats` until
-    every contender has been timed that long in total.
+    every contender has been timed that long in total. With `self_timed`, each call returns its own
+    duration in seconds (a contender in another process times itself, leaving out the messaging).
     """
     names = list(contenders)
     for name in names:
@@ -68,12 +74,93 @@ def interleaved(
     while round_ < repeats or min(sum(t) * number for t in times.values()) < min_seconds:
         order = names[round_ % len(names) :] + names[: round_ % len(names)]
         for name in order:
-            start = time.perf_counter()
+            start, own = time.perf_counter(), 0.0
             for _ in range(number):
-                contenders[name]()
-            times[name].append((time.perf_counter() - start) / number)
+                result = contenders[name]()
+                own += result if self_timed else 0.0
+            times[name].append((own if self_timed else time.perf_counter() - start) / number)
         round_ += 1
     return {name: Stats.of(values) for name, values in times.items()}
+
+
+#: Pause before each timed call of an `Isolated` contender.
+IDLE_BEFORE_TIMING_S = 0.02
+
+
+class Isolated:
+    """Contenders that each live in their own process, built there by `builders[name]()` (a picklable
+    callable returning the zero-argument function to time), with `threads` torch threads each. Only one
+    process works at a time: the others wait on their pipe. Use as a context manager; `timers()` feeds
+    `interleaved(..., self_timed=True)` and `output(name)` returns one call's result for parity checks."""
+
+    def __init__(self, builders: dict[str, Callable[[], Callable[[], object]]], *, threads: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.pipes, self.processes = {}, {}
+        for name, build in builders.items():
+            parent, child = context.Pipe()
+            process = context.Process(target=_serve, args=(child, build, threads), daemon=True)
+            process.start()
+            self.pipes[name], self.processes[name] = parent, process
+        for name in builders:
+            self._receive(name)
+
+    def _receive(self, name: str):
+        reply, value = self.pipes[name].recv()
+        if reply == "error":
+            raise RuntimeError(f"contender {name!r} failed in its process:\n{value}")
+        return value
+
+    def ask(self, name: str, command: str):
+        self.pipes[name].send(command)
+        return self._receive(name)
+
+    def output(self, name: str):
+        return self.ask(name, "output")
+
+    def timers(self, number: int = 1) -> dict[str, Callable[[], float]]:
+        """Callables for `interleaved(..., self_timed=True)`: each runs `number` calls of a contender in a
+        row and returns their mean duration, so that one process runs as a user's loop would."""
+        return {name: (lambda name=name: self.time(name, number)) for name in self.pipes}
+
+    def time(self, name: str, number: int = 1) -> float:
+        """Mean seconds of `number` calls in a row. The pause before them lets the OpenMP threads of the
+        process that ran last stop spinning (libgomp spins for milliseconds after its last parallel region)."""
+        time.sleep(IDLE_BEFORE_TIMING_S)
+        return self.ask(name, ("time", number))
+
+    def __enter__(self) -> "Isolated":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name, pipe in self.pipes.items():
+            pipe.send("stop")
+            self.processes[name].join(timeout=60)
+
+
+def _serve(pipe, build: Callable[[], Callable[[], object]], threads: int) -> None:
+    """The loop of an `Isolated` contender's process."""
+    import traceback
+
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        fn = build()
+        pipe.send(("ready", None))
+    except Exception:
+        pipe.send(("error", traceback.format_exc()))
+        return
+    while (command := pipe.recv()) != "stop":
+        try:
+            if command[0] == "time":
+                start = time.perf_counter()
+                for _ in range(command[1]):
+                    fn()
+                pipe.send(("ok", (time.perf_counter() - start) / command[1]))
+            else:
+                pipe.send(("ok", fn().float()))
+        except Exception:
+            pipe.send(("error", traceback.format_exc()))
 
 
 def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 600) -> str:
@@ -135,23 +222,45 @@ def vit_twins(variant: str, *, seed: int = 0, folder: Path, attn_implementation:
     transformers' model gets random non-trivial weights and is saved; ours loads that folder; timm
     loads the Meta-layout checkpoint that ours writes (through timm's own checkpoint filter).
     """
-    import torch
+    save_vit_twins(variant, seed=seed, folder=folder, attn_implementation=attn_implementation, **overrides)
+    return tuple(load_vit_twin(name, folder, attn_implementation) for name in ("dinov3kit", "transformers", "timm"))
 
+
+def save_vit_twins(
+    variant: str, *, seed: int = 0, folder: Path, attn_implementation: str = "sdpa", **overrides
+) -> None:
+    """Write the checkpoints `load_vit_twin` reads: transformers' random model in `folder/hf`, the same
+    weights in Meta's layout in `folder/meta.pth`."""
     from dinov3kit import DINOv3ViTConfig, DINOv3ViTModel
     from dinov3kit.weights import save_meta_checkpoint
     from tests.oracles.hf_twin import hf_vit
-    from tests.oracles.meta_twin import timm_vit_from_meta
 
     config = DINOv3ViTConfig.from_preset(variant, **overrides).to_dict()
     keep = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "hidden_act",
             "use_gated_mlp", "query_bias", "key_bias", "value_bias", "num_register_tokens", "layerscale_value")
     theirs = hf_vit(seed, attn_implementation=attn_implementation, **{k: config[k] for k in keep})
     theirs.save_pretrained(folder / "hf")
-    ours = DINOv3ViTModel.from_pretrained(folder / "hf")
-    save_meta_checkpoint(ours, folder / "meta.pth")
+    save_meta_checkpoint(DINOv3ViTModel.from_pretrained(folder / "hf"), folder / "meta.pth")
+
+
+def load_vit_twin(name: str, folder: Path, attn_implementation: str = "sdpa"):
+    """One of the models `save_vit_twins` wrote: "dinov3kit", "transformers" or "timm", in eval mode."""
+    import torch
+
+    if name == "dinov3kit":
+        from dinov3kit import DINOv3ViTModel
+
+        return DINOv3ViTModel.from_pretrained(folder / "hf").eval()
+    if name == "transformers":
+        from transformers import DINOv3ViTModel as HFModel
+
+        return HFModel.from_pretrained(folder / "hf", attn_implementation=attn_implementation).eval()
+    from dinov3kit import DINOv3ViTConfig
+    from tests.oracles.meta_twin import timm_vit_from_meta
+
     state = torch.load(folder / "meta.pth", map_location="cpu", weights_only=True)
-    timm_model = timm_vit_from_meta(state, num_heads=config["num_attention_heads"])
-    return ours, theirs, timm_model
+    num_heads = DINOv3ViTConfig.from_pretrained(folder / "hf").num_attention_heads
+    return timm_vit_from_meta(state, num_heads=num_heads).eval()
 
 
 def same_outputs(models: dict[str, Callable], pixel_values) -> dict[str, float]:

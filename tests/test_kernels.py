@@ -65,6 +65,23 @@ def test_fused_residual_and_layer_norm_match_the_torch_ops(dtype, rows, dim):
     assert (normed.float() - expected_normed.float()).abs().max() <= 4 * step * expected_normed.float().abs().max()
 
 
+def test_fused_residual_keeps_an_fp32_stream_and_norms_to_the_blocks_dtype():
+    from dinov3kit.models.layers import LayerNorm
+
+    torch.manual_seed(0)
+    x = (4 * torch.randn(2, 5, 96)).to(DEVICE)  # the fp32 residual stream of a bf16 block
+    branch, gamma = torch.randn(2, 5, 96).to(DEVICE, torch.bfloat16), (0.5 + torch.randn(96)).to(DEVICE, torch.bfloat16)
+    norm = LayerNorm(96, eps=1e-5).to(DEVICE, torch.bfloat16)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.2 * torch.randn(96, device=DEVICE))
+        norm.bias.copy_(0.1 * torch.randn(96, device=DEVICE))
+        expected = torch.addcmul(x, branch, gamma)
+        got, normed = kernels.add_layer_norm(x, branch, gamma, norm)
+    assert got.dtype == torch.float32 and normed.dtype == torch.bfloat16
+    assert (got - expected).abs().max() <= 1e-6 * expected.abs().max()
+    assert (normed.float() - norm(expected).float()).abs().max() <= 2**-7 * norm(expected).float().abs().max()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_silu_gate_matches_the_torch_ops(dtype):
     torch.manual_seed(0)

@@ -136,8 +136,62 @@ def test_bf16_matches_fp32_on_a_real_photo(tmp_path):
         theirs = reference.to(torch.bfloat16)(pixels.bfloat16()).last_hidden_state.float()
     error = ((bf16 - fp32).norm() / fp32.norm()).item()
     their_error = ((theirs - fp32).norm() / fp32.norm()).item()
-    assert error <= 1.5e-2 and error <= their_error * 1.05, (error, their_error)
+    assert error <= 1e-2 and error <= 0.8 * their_error, (error, their_error)  # measured: 6.8e-3 vs 1.06e-2
     assert F.cosine_similarity(bf16[0], fp32[0], dim=-1).min() > 0.999
+
+
+def test_half_precision_blocks_sum_in_fp32_and_outputs_keep_the_model_dtype():
+    model = tiny_model().to(torch.bfloat16)
+    seen = []
+    model.blocks[0].register_forward_hook(lambda module, args, output: seen.append(output[0].dtype))
+    with torch.inference_mode():
+        output = model(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16), output_hidden_states=True)
+    assert seen == [torch.float32]
+    assert {h.dtype for h in output.hidden_states} == {torch.bfloat16}
+    assert output.last_hidden_state.dtype == torch.bfloat16
+    assert layers.residual_dtype(torch.float16) == torch.float32
+    assert layers.residual_dtype(torch.float64) == torch.float64
+
+
+def test_layer_norm_of_an_fp32_stream_computes_in_fp32_and_returns_its_dtype():
+    norm = randomize_(layers.LayerNorm(16, eps=1e-5), seed=1).to(torch.bfloat16)
+    x = 3 + torch.randn(4, 16)
+    expected = F.layer_norm(x, (16,), norm.weight.float(), norm.bias.float(), 1e-5).bfloat16()
+    assert torch.equal(norm(x), expected)
+    assert torch.equal(norm(x.bfloat16()), F.layer_norm(x.bfloat16(), (16,), norm.weight, norm.bias, 1e-5))
+
+
+# --- CPU activations ------------------------------------------------------------------------------
+
+
+def test_pooled_activations_kept_by_the_caller_survive_later_forwards(monkeypatch):
+    """fp32 CPU inference writes activations into pooled buffers; whatever a caller keeps (hidden states,
+    hooked module outputs) must never be handed out again."""
+    from dinov3kit import scratch
+
+    monkeypatch.setattr(scratch, "POOL_MIN_BYTES", 0)  # pool the tiny model's activations too
+    model = tiny_model()
+    hooked = []
+    model.blocks[0].attn.register_forward_hook(lambda module, args, output: hooked.append(output[0]))
+    model.blocks[1].mlp.register_forward_hook(lambda module, args, output: hooked.append(output))
+    with torch.inference_mode():
+        first = model(torch.randn(2, 3, 32, 32), output_hidden_states=True)
+        kept = [t.clone() for t in (*first.hidden_states, *hooked)]
+        for seed in range(3):
+            model(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed)), output_hidden_states=True)
+    assert all(torch.equal(a, b) for a, b in zip((*first.hidden_states, *hooked[:2]), kept))
+
+
+def test_only_the_hidden_states_asked_for_are_kept():
+    model = tiny_model()
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        everything, _ = model.encode(pixels)
+        some, _ = model.encode(pixels, keep=[1])
+        output = model(pixels)
+    assert [h is None for h in some] == [True, False, True, False]  # the last one is always kept
+    assert torch.equal(some[1], everything[1]) and torch.equal(some[-1], everything[-1])
+    assert output.hidden_states is None
 
 
 # --- torch.compile -----------------------------------------------------------------------------------

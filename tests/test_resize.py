@@ -115,15 +115,3 @@ def test_results_do_not_share_the_scratch_buffers():
     resize_many([padded_rgb(120, 160, 5)], (56, 160))
     resize_many([padded_rgb(120, 160, 6)], (56, 56))
     assert torch.equal(first, kept) and torch.equal(second, torch.cat(resize_many([padded_rgb(120, 160, 0)], (56, 56))))
-
-
-def test_scratch_buffers_are_reused_per_slot_and_released():
-    from dinov3kit import scratch
-
-    a = scratch.scratch("test.slot", (4, 5), torch.float32, torch.device("cpu"))
-    b = scratch.scratch("test.slot", (2, 3), torch.float32, torch.device("cpu"))
-    assert a.data_ptr() == b.data_ptr()  # the same memory, reused
-    big = scratch.scratch("test.slot", (10,), torch.float32, torch.device("cpu"), max_bytes=16)
-    assert big.data_ptr() != a.data_ptr()  # over the cap: fresh memory
-    scratch.release()
-    assert scratch.scratch("test.slot", (4, 5), torch.float32, torch.device("cpu")).shape == (4, 5)

@@ -115,10 +115,11 @@ def add_layer_norm(
     x: torch.Tensor, branch: torch.Tensor, gamma: torch.Tensor, norm: torch.nn.LayerNorm
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x + branch * gamma, norm(x + branch * gamma)) in one pass: the layer-scaled residual and the
-    LayerNorm that follows it, the sum rounded to x's dtype before it is normalised (as the two torch ops do)."""
+    LayerNorm that follows it, the sum rounded to x's dtype before it is normalised (as the two torch ops do).
+    The normed output has the norm's dtype, which differs from x's when x is an fp32 residual stream."""
     dim = x.shape[-1]
     x, branch = x.contiguous(), branch.contiguous()
-    out, normed = torch.empty_like(x), torch.empty_like(x)
+    out, normed = torch.empty_like(x), torch.empty_like(x, dtype=norm.weight.dtype)
     rows = x.numel() // dim
     module = _kernels()
     triton, kernel = module.triton, module.add_norm_kernel

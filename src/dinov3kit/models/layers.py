@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..scratch import scratch
+from ..scratch import pooled
 from .kernels import (
     add_layer_norm,
     cpu_fp32_inference,
@@ -44,11 +44,24 @@ def cpu_has_half_matmul_units() -> bool:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """`F.linear`, except for bf16/fp16 on a CPU without half-precision matrix units: there a product of at
-    least UPCAST_MIN_ROWS rows is computed in fp32 and rounded once to the input dtype. That is the
-    arithmetic of oneDNN's half kernels (exact products, fp32 sums), 2-3x faster on such CPUs (fewer rows
-    do not repay converting the weight). Weights of other tensor types (quantized) keep their own kernels,
-    and compiled graphs leave the choice to the compiler."""
+    """`F.linear`, with two CPU inference paths:
+
+    - fp32 (see `cpu_fp32_inference`): the product is written into pooled memory (`scratch.pooled`). Fresh
+      activation buffers cost page faults on first touch, a tenth to a quarter of a forward at batch 16.
+    - bf16/fp16 on a CPU without half-precision matrix units: a product of at least UPCAST_MIN_ROWS rows is
+      computed in fp32 and rounded once to the input dtype. That is the arithmetic of oneDNN's half kernels
+      (exact products, fp32 sums), 2-3x faster on such CPUs (fewer rows do not repay converting the weight).
+
+    Weights of other tensor types (quantized) keep their own kernels, and compiled graphs leave the choice
+    to the compiler."""
+    if cpu_fp32_inference(x, weight):
+        rows = x.reshape(-1, x.shape[-1])
+        out = pooled((rows.shape[0], weight.shape[0]), x.dtype, x.device)
+        if bias is None:
+            torch.mm(rows, weight.t(), out=out)
+        else:
+            torch.addmm(bias, rows, weight.t(), out=out)
+        return out.view(*x.shape[:-1], weight.shape[0])
     if (
         x.dtype in (torch.bfloat16, torch.float16)
         and not torch.compiler.is_compiling()
@@ -61,22 +74,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     return F.linear(x, weight, bias)
 
 
-#: Largest CPU activation computed into a reused buffer (ViT-L's MLP at batch 16 in fp32 is 53 MB).
-ACTIVATION_SCRATCH_BYTES = 64 << 20
-
-
-def linear_into_scratch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, slot: str) -> torch.Tensor:
-    """`F.linear` written into this thread's reused buffer `slot`, for fp32 CPU inference (see
-    `cpu_fp32_inference`): fresh activation buffers cost page faults on first touch, and reusing them saves
-    10-25% of a CPU forward at batch 16. Only for intermediates that never leave the module computing them
-    (a later call overwrites the buffer)."""
-    rows = x.reshape(-1, x.shape[-1])
-    out = scratch(slot, (rows.shape[0], weight.shape[0]), x.dtype, x.device, ACTIVATION_SCRATCH_BYTES)
-    if bias is None:
-        torch.mm(rows, weight.t(), out=out)
-    else:
-        torch.addmm(bias, rows, weight.t(), out=out)
-    return out.view(*x.shape[:-1], weight.shape[0])
+def residual_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the residual stream of a model in `dtype` is kept in: fp32 for bf16/fp16 models. Rounding
+    the stream to half precision after every block is the largest error of a half-precision forward
+    (ViT-S, bf16, a real photo: 1.03e-2 relative error against fp32; 6.9e-3 with an fp32 stream); fp16
+    streams can also overflow. Everything else, matmuls included, stays in the model's dtype."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
 def activation(name: str) -> nn.Module:
@@ -155,20 +158,14 @@ class Attention(nn.Module):
         eager: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, tokens, dim = x.shape
-        reuse = cpu_fp32_inference(x, self.qkv.weight)  # q, k, v are read by the attention below, then dropped
-        if reuse:
-            qkv = linear_into_scratch(x, self.qkv.weight, self.qkv_bias(), "vit.qkv")
-        else:
-            qkv = linear(x, self.qkv.weight, self.qkv_bias())
-        qkv = qkv.view(batch, tokens, 3, self.num_heads, self.head_dim)
+        qkv = linear(x, self.qkv.weight, self.qkv_bias()).view(batch, tokens, 3, self.num_heads, self.head_dim)
         if fused_kernels_usable(qkv):
             rotate_qk_(qkv, *rope, num_prefix_tokens)  # one pass over the buffer on GPUs
         else:
             cos, sin = (table[:, None, None] for table in rope)  # [patches, 1, 1, d]: over q/k and heads
             patches_qk = qkv[:, num_prefix_tokens:, :2]  # the patch rows of q and k, in the fused buffer
-            workspace = None
-            if reuse:
-                workspace = scratch("vit.rope", patches_qk.shape, cos.dtype, x.device, ACTIVATION_SCRATCH_BYTES)
+            reuse = cpu_fp32_inference(x, self.qkv.weight)
+            workspace = pooled(patches_qk.shape, cos.dtype, x.device) if reuse else None
             rotate_(patches_qk, cos, sin, workspace)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # strided views [B, H, N, d], no copies
         dropout = self.dropout if self.training else 0.0
@@ -198,8 +195,8 @@ class Mlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.exact_gelu and cpu_linear_gelu_usable(x, self.fc1.weight):
             return linear(cpu_linear_gelu(x, self.fc1.weight, self.fc1.bias), self.fc2.weight, self.fc2.bias)
-        if self.exact_gelu and cpu_fp32_inference(x, self.fc1.weight):  # the hidden layer, in one reused buffer
-            hidden = torch.ops.aten.gelu_(linear_into_scratch(x, self.fc1.weight, self.fc1.bias, "vit.mlp"))
+        if self.exact_gelu and cpu_fp32_inference(x, self.fc1.weight):  # in place in the pooled hidden layer
+            hidden = torch.ops.aten.gelu_(linear(x, self.fc1.weight, self.fc1.bias))
             return linear(hidden, self.fc2.weight, self.fc2.bias)
         x = linear(x, self.fc1.weight, self.fc1.bias)
         if self.fused_silu and fused_kernels_usable(x):
@@ -210,6 +207,17 @@ class Mlp(nn.Module):
         else:
             x = self.act(x)
         return linear(x, self.fc2.weight, self.fc2.bias)
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm that also takes the fp32 residual stream of a half-precision model (`residual_dtype`):
+    it normalises in fp32 and returns its weights' dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight is None or x.dtype == self.weight.dtype:
+            return super().forward(x)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.layer_norm(x, self.normalized_shape, self.weight.to(x.dtype), bias, self.eps).to(self.weight.dtype)
 
 
 class LayerScale(nn.Module):
@@ -242,7 +250,10 @@ class DropPath(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x)))."""
+    """Pre-norm transformer block: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x))).
+
+    x, the residual stream, may be fp32 in a half-precision block (see `residual_dtype`): the norms then
+    hand the attention and the MLP their inputs in the block's dtype, and the residuals sum in fp32."""
 
     def __init__(
         self,
@@ -263,7 +274,7 @@ class Block(nn.Module):
         attention_dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm1 = LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(
             dim,
             num_heads,
@@ -274,7 +285,7 @@ class Block(nn.Module):
             dropout=attention_dropout,
         )
         self.ls1 = LayerScale(dim, layerscale_value)
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm2 = LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, mlp_hidden, act=act, bias=mlp_bias, gated=gated_mlp)
         self.ls2 = LayerScale(dim, layerscale_value)
         self.drop_path = DropPath(drop_path)
@@ -311,4 +322,6 @@ class Block(nn.Module):
         """x + drop_path(scale(branch)); one fused multiply-add when no path is dropped."""
         if self.training and self.drop_path.drop_prob > 0.0:
             return x + self.drop_path(scale(branch))
+        if cpu_fp32_inference(x, scale.gamma) and branch.shape == x.shape:  # into pooled memory, see `linear`
+            return torch.addcmul(x, branch, scale.gamma, out=pooled(x.shape, x.dtype, x.device))
         return torch.addcmul(x, branch, scale.gamma)

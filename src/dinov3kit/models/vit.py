@@ -5,7 +5,7 @@ Token layout: [CLS, registers..., patches (row-major)]. RoPE acts on patch token
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Collection, Sequence
 
 import torch
 from torch import nn
@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..configs import DINOv3ViTConfig
 from .base import BackboneMixin, PreTrainedModel, layer_indices
-from .layers import Block, PatchEmbed
+from .layers import Block, PatchEmbed, residual_dtype
 from .outputs import BackboneOutput, BaseModelOutputWithPooling
 from .rope import rope_cos_sin, rope_periods
 
@@ -131,11 +131,14 @@ class DINOv3ViTPreTrainedModel(PreTrainedModel):
         *,
         output_attentions: bool = False,
         num_blocks: int | None = None,
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        keep: Collection[int] | None = None,
+    ) -> tuple[list[torch.Tensor | None], list[torch.Tensor]]:
         """Run the embeddings and the first `num_blocks` blocks (all by default).
 
         Returns the hidden states (embeddings, then each block's output, before the final norm) and,
-        when asked, each block's attention weights.
+        when asked, each block's attention weights. With `keep` (indices into the hidden states, negative
+        ones from the end), the others are None: they are not held for the rest of the forward. Between
+        blocks the stream is kept in `residual_dtype`; the hidden states are returned in the model's dtype.
         """
         if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
             raise ValueError(
@@ -147,11 +150,15 @@ class DINOv3ViTPreTrainedModel(PreTrainedModel):
                 f"input {tuple(pixel_values.shape[-2:])} is smaller than one {self.config.patch_size}px patch"
             )
         x = self.embed(pixel_values, bool_masked_pos)
+        dtype = x.dtype
         rope = self.rope_tables(grid)
         eager = output_attentions or self.attn_implementation == "eager"
         prefix = self.config.num_prefix_tokens
-        hidden_states, attentions = [x], []
         blocks = self.blocks[:num_blocks]
+        count = len(blocks) + 1
+        kept = None if keep is None else {index % count for index in keep} | {count - 1}
+        hidden_states, attentions = [x if kept is None or 0 in kept else None], []
+        x = x.to(residual_dtype(dtype))
         normed = None  # the next block's norm1(x), when the previous block fused it into its last residual
         for index, block in enumerate(blocks):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -159,7 +166,7 @@ class DINOv3ViTPreTrainedModel(PreTrainedModel):
             else:
                 following = blocks[index + 1].norm1 if index + 1 < len(blocks) else None
                 x, weights, normed = block(x, rope, prefix, eager, normed=normed, next_norm=following)
-            hidden_states.append(x)
+            hidden_states.append(x.to(dtype) if kept is None or index + 1 in kept else None)
             if output_attentions:
                 attentions.append(weights)
         return hidden_states, attentions
@@ -179,7 +186,7 @@ class DINOv3ViTPreTrainedModel(PreTrainedModel):
         `return_extra_tokens` each entry is a tuple (patches, cls [B, D], registers [B, R, D])."""
         depth = self.config.num_hidden_layers
         indices = layer_indices(n, depth)
-        hidden_states, _ = self.encode(pixel_values, num_blocks=max(indices) + 1)
+        hidden_states, _ = self.encode(pixel_values, num_blocks=max(indices) + 1, keep=[i + 1 for i in indices])
         grid = self.patch_grid(pixel_values)
         prefix = self.config.num_prefix_tokens
         results = []
@@ -196,7 +203,7 @@ class DINOv3ViTPreTrainedModel(PreTrainedModel):
 
     def forward_features(self, pixel_values: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Meta's `forward_features` dictionary: normed CLS, registers and patches, and the pre-norm tokens."""
-        hidden_states, _ = self.encode(pixel_values, masks)
+        hidden_states, _ = self.encode(pixel_values, masks, keep=[-1])
         tokens = self.norm(hidden_states[-1])
         prefix = self.config.num_prefix_tokens
         return {
@@ -219,7 +226,12 @@ class DINOv3ViTModel(DINOv3ViTPreTrainedModel):
         output_attentions: bool | None = None,
         return_dict: bool | None = True,
     ) -> BaseModelOutputWithPooling | tuple:
-        hidden_states, attentions = self.encode(pixel_values, bool_masked_pos, output_attentions=bool(output_attentions))
+        hidden_states, attentions = self.encode(
+            pixel_values,
+            bool_masked_pos,
+            output_attentions=bool(output_attentions),
+            keep=None if output_hidden_states else [-1],
+        )
         tokens = self.norm(hidden_states[-1])
         output = BaseModelOutputWithPooling(
             last_hidden_state=tokens,
@@ -246,7 +258,11 @@ class DINOv3ViTBackbone(BackboneMixin, DINOv3ViTPreTrainedModel):
         return_dict: bool | None = True,
     ) -> BackboneOutput | tuple:
         config = self.config
-        hidden_states, attentions = self.encode(pixel_values, output_attentions=bool(output_attentions))
+        hidden_states, attentions = self.encode(
+            pixel_values,
+            output_attentions=bool(output_attentions),
+            keep=None if output_hidden_states else config.out_indices,
+        )
         last_hidden_state = self.norm(hidden_states[-1])
         batch, grid, prefix = pixel_values.shape[0], self.patch_grid(pixel_values), config.num_prefix_tokens
         feature_maps, cls_tokens = [], []
