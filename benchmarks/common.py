@@ -110,7 +110,8 @@ class Isolated:
             raise RuntimeError(f"contender {name!r} failed in its process:\n{value}")
         return value
 
-    def ask(self, name: str, command: str):
+    def ask(self, name: str, command: object):
+        """Send a command ("output", ("time", n)) to one contender and return its reply."""
         self.pipes[name].send(command)
         return self._receive(name)
 
