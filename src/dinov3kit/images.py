@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ctypes
+import functools
 import io
 import os
 import urllib.error
@@ -348,10 +349,16 @@ class _ExportedPixels:
         self.__array_interface__ = {"shape": shape, "typestr": "|u1", "data": (address, True), "version": 3}
 
 
-def _capsule_pointer(capsule: Any) -> int:
+@functools.cache
+def _capsule_get_pointer() -> Any:
+    """CPython's PyCapsule_GetPointer with its signature declared (once, on first use)."""
     get = ctypes.pythonapi.PyCapsule_GetPointer
     get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
-    return get(capsule, b"arrow_array")
+    return get
+
+
+def _capsule_pointer(capsule: Any) -> int:
+    return _capsule_get_pointer()(capsule, b"arrow_array")
 
 
 def rgbx_view(image: Image.Image) -> np.ndarray | None:

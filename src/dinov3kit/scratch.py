@@ -52,7 +52,8 @@ def pooled(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     the pool stays under POOL_BYTES. Other devices have caching allocators, and requests under
     POOL_MIN_BYTES need none: they get `torch.empty`."""
     count = math.prod(shape)
-    if torch.device(device).type != "cpu" or count * dtype.itemsize < POOL_MIN_BYTES:
+    nbytes = count * dtype.itemsize
+    if torch.device(device).type != "cpu" or nbytes < POOL_MIN_BYTES:
         return torch.empty(shape, dtype=dtype, device=device)
     pool = _local.__dict__.setdefault("pool", [])
     fits = [
@@ -63,12 +64,13 @@ def pooled(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     if fits:
         buffer = min(fits, key=lambda entry: entry[0].numel())[0]
         return buffer[:count].view(shape)
-    nbytes = count * dtype.itemsize
+    kept = sum(_nbytes(entry) for entry in pool)
     for entry in [entry for entry in pool if _idle(entry)]:
-        if _pool_bytes(pool) + nbytes <= POOL_BYTES:
+        if kept + nbytes <= POOL_BYTES:
             break
         pool.remove(entry)
-    if _pool_bytes(pool) + nbytes > POOL_BYTES:
+        kept -= _nbytes(entry)
+    if kept + nbytes > POOL_BYTES:
         return torch.empty(shape, dtype=dtype)
     buffer = _plain_empty(count, dtype)
     pool.append((buffer, buffer.untyped_storage()))
@@ -92,5 +94,5 @@ def _idle(entry: tuple[torch.Tensor, torch.UntypedStorage]) -> bool:
     return torch._C._storage_Use_Count(entry[1]._cdata) == 2
 
 
-def _pool_bytes(pool: list) -> int:
-    return sum(entry[0].numel() * entry[0].dtype.itemsize for entry in pool)
+def _nbytes(entry: tuple[torch.Tensor, torch.UntypedStorage]) -> int:
+    return entry[1].nbytes()
