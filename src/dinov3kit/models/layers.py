@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..scratch import pooled
+from . import packing
 from .kernels import (
     add_layer_norm,
     cpu_fp32_inference,
@@ -46,8 +47,9 @@ def cpu_has_half_matmul_units() -> bool:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`F.linear`, with two CPU inference paths:
 
-    - fp32 (see `cpu_fp32_inference`): the product is written into pooled memory (`scratch.pooled`). Fresh
-      activation buffers cost page faults on first touch, a tenth to a quarter of a forward at batch 16.
+    - fp32 (see `cpu_fp32_inference`): a product of few rows multiplies by a prepacked copy of the weight
+      (`packing.linear`); a larger one is written into pooled memory (`scratch.pooled`). Fresh activation
+      buffers cost page faults on first touch, a tenth to a quarter of a forward at batch 16.
     - bf16/fp16 on a CPU without half-precision matrix units: a product of at least UPCAST_MIN_ROWS rows is
       computed in fp32 and rounded once to the input dtype. That is the arithmetic of oneDNN's half kernels
       (exact products, fp32 sums), 2-3x faster on such CPUs (fewer rows do not repay converting the weight).
@@ -56,6 +58,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     to the compiler."""
     if cpu_fp32_inference(x, weight):
         rows = x.reshape(-1, x.shape[-1])
+        out = packing.linear(rows, weight, bias)
+        if out is not None:
+            return out.view(*x.shape[:-1], weight.shape[0])
         out = pooled((rows.shape[0], weight.shape[0]), x.dtype, x.device)
         if bias is None:
             torch.mm(rows, weight.t(), out=out)

@@ -1,0 +1,82 @@
+import gc
+
+import pytest
+import torch
+
+from dinov3kit.models import layers, packing
+
+pytestmark = pytest.mark.skipif(not packing._available(), reason="this torch has no MKL packed products")
+
+
+@pytest.fixture(autouse=True)
+def no_packs_left():
+    packing.release()
+    yield
+    packing.release()
+
+
+def weight_and_bias(out_features: int = 48, in_features: int = 32) -> tuple[torch.nn.Parameter, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(out_features, in_features, generator=generator))
+    return weight, torch.randn(out_features, generator=generator)
+
+
+def test_packed_product_matches_addmm_for_each_row_count():
+    weight, bias = weight_and_bias()
+    with torch.inference_mode():
+        for count in (1, 10, 201, 10):
+            rows = torch.randn(count, 32)
+            out = packing.linear(rows, weight, bias)
+            assert out is not None
+            torch.testing.assert_close(out, torch.addmm(bias, rows, weight.t()), rtol=0, atol=1e-5)
+        assert packing.linear(torch.randn(3, 32), weight, None).shape == (3, 48)
+
+
+def test_changed_weights_are_packed_again():
+    weight, bias = weight_and_bias()
+    rows = torch.randn(10, 32)
+    with torch.inference_mode():
+        packing.linear(rows, weight, bias)
+    with torch.no_grad():
+        weight.mul_(-2)  # in place: the version counter moves
+    with torch.inference_mode():
+        torch.testing.assert_close(packing.linear(rows, weight, bias), torch.addmm(bias, rows, weight.t()))
+    weight.data = torch.randn(48, 32)  # new data, as `.to()` or `load_state_dict(assign=True)` leave it
+    with torch.inference_mode():
+        torch.testing.assert_close(packing.linear(rows, weight, bias), torch.addmm(bias, rows, weight.t()))
+
+
+def test_where_packing_does_not_apply(monkeypatch):
+    weight, bias = weight_and_bias()
+    with torch.inference_mode():
+        assert packing.linear(torch.randn(packing.MAX_ROWS + 1, 32), weight, bias) is None
+        assert packing.linear(torch.randn(4, 32), weight.detach(), bias) is None  # not a parameter
+        monkeypatch.setattr(packing, "BUDGET_BYTES", weight.nbytes - 1)
+        assert packing.linear(torch.randn(4, 32), weight, bias) is None
+        monkeypatch.setattr(packing, "BUDGET_BYTES", weight.nbytes)
+        assert packing.linear(torch.randn(4, 32), weight, bias) is not None
+        other, _ = weight_and_bias()
+        assert packing.linear(torch.randn(4, 32), other, bias) is None  # the budget is spent on `weight`
+
+
+def test_packs_go_with_their_weights():
+    weight, bias = weight_and_bias()
+    with torch.inference_mode():
+        packing.linear(torch.randn(4, 32), weight, bias)
+    assert len(packing._packs) == 1
+    del weight
+    gc.collect()
+    assert len(packing._packs) == 0
+
+
+def test_small_fp32_inference_products_use_packed_weights(monkeypatch):
+    layer = torch.nn.Linear(32, 48)
+    calls = []
+    packed = packing.linear
+    monkeypatch.setattr(packing, "linear", lambda *args: calls.append(1) or packed(*args))
+    x = torch.randn(2, 5, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(layers.linear(x, layer.weight, layer.bias), layer(x))
+    assert calls and len(packing._packs) == 1
+    layers.linear(x, layer.weight, layer.bias)  # autograd tracks the weight: the plain product
+    assert len(calls) == 1
