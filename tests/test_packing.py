@@ -1,4 +1,5 @@
 import gc
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -80,3 +81,19 @@ def test_small_fp32_inference_products_use_packed_weights(monkeypatch):
     assert calls and len(packing._packs) == 1
     layers.linear(x, layer.weight, layer.bias)  # autograd tracks the weight: the plain product
     assert len(calls) == 1
+
+
+def test_threads_share_one_pack():
+    weight, bias = weight_and_bias(256, 128)
+    rows = torch.randn(64, 128)
+    expected = torch.addmm(bias, rows, weight.t())
+
+    def product(_) -> torch.Tensor:
+        with torch.inference_mode():
+            return packing.linear(rows, weight, bias)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(product, range(16)))
+    for result in results:
+        torch.testing.assert_close(result, expected)
+    assert len(packing._packs) == 1

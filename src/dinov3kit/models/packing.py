@@ -60,18 +60,27 @@ def linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
     if count > MAX_ROWS or type(weight) is not torch.nn.Parameter or weight.is_inference() or not _available():
         return None
     pack = _packs.get(weight)
-    if pack is None or (pack.rows, pack.version, pack.data_ptr) != (count, weight._version, weight.data_ptr()):
+    if not _current(pack, weight, count):
         pack = _pack(weight, count)
         if pack is None:
             return None
     return torch.ops.mkl._mkl_linear(rows, pack.packed, weight, bias, count)
 
 
+def _current(pack: _Pack | None, weight: torch.nn.Parameter, rows: int) -> bool:
+    """Whether `pack` holds `weight`'s present values, packed for `rows` rows."""
+    return pack is not None and (pack.rows, pack.version, pack.data_ptr) == (rows, weight._version, weight.data_ptr())
+
+
 def _pack(weight: torch.nn.Parameter, rows: int) -> _Pack | None:
-    """Pack `weight` for products of `rows` rows and keep it, if the budget allows."""
+    """Pack `weight` for products of `rows` rows and keep it, if the budget allows (another thread may
+    have packed it meanwhile)."""
     if not weight.is_contiguous():
         return None
     with _lock:
+        pack = _packs.get(weight)
+        if _current(pack, weight, rows):
+            return pack
         kept = sum(other.nbytes for other in _packs.keys() if other is not weight)
         if kept + weight.nbytes > BUDGET_BYTES:
             return None
