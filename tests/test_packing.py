@@ -97,3 +97,13 @@ def test_threads_share_one_pack():
     for result in results:
         torch.testing.assert_close(result, expected)
     assert len(packing._packs) == 1
+
+
+def test_copies_of_changed_weights_are_dropped_at_the_next_pack():
+    moved, bias = weight_and_bias()
+    kept, _ = weight_and_bias()
+    with torch.inference_mode():
+        packing.linear(torch.randn(4, 32), moved, bias)
+        moved.data = moved.data.double()  # as `model.double()` leaves a parameter
+        packing.linear(torch.randn(4, 32), kept, bias)
+    assert [weight is kept for weight in packing._packs.keys()] == [True]

@@ -10,8 +10,8 @@ on every call, and a change packs again.
 Only module parameters are packed (a view built on each call would be packed on each call). The copies
 cost about the weights' size in resident memory (MKL reserves more address space than it touches), so
 they are capped at BUDGET_BYTES in all (environment variable DINOV3KIT_PACKED_WEIGHTS_MB, 0 turns packing
-off); weights beyond the cap use plain products. `release()` frees the copies, e.g. after a model moved
-to another device or dtype, whose CPU copies otherwise stay until its weights are freed.
+off); weights beyond the cap use plain products. Copies of values that have since changed (a model moved
+to another device or dtype) are dropped when the next weight is packed; `release()` frees all copies now.
 """
 
 from __future__ import annotations
@@ -81,6 +81,9 @@ def _pack(weight: torch.nn.Parameter, rows: int) -> _Pack | None:
         pack = _packs.get(weight)
         if _current(pack, weight, rows):
             return pack
+        for other, other_pack in list(_packs.items()):  # copies of values since changed (moved, converted)
+            if not _current(other_pack, other, other_pack.rows):
+                del _packs[other]
         kept = sum(other.nbytes for other in _packs.keys() if other is not weight)
         if kept + weight.nbytes > BUDGET_BYTES:
             return None
