@@ -55,6 +55,8 @@ def test_where_packing_does_not_apply(monkeypatch):
         monkeypatch.setattr(packing, "BUDGET_BYTES", weight.nbytes - 1)
         assert packing.linear(torch.randn(4, 32), weight, bias) is None
         monkeypatch.setattr(packing, "BUDGET_BYTES", weight.nbytes)
+        assert packing.linear(torch.randn(4, 32), weight, bias) is None  # the refusal is remembered
+        packing.release()
         assert packing.linear(torch.randn(4, 32), weight, bias) is not None
         other, _ = weight_and_bias()
         assert packing.linear(torch.randn(4, 32), other, bias) is None  # the budget is spent on `weight`
@@ -107,3 +109,38 @@ def test_copies_of_changed_weights_are_dropped_at_the_next_pack():
         moved.data = moved.data.double()  # as `model.double()` leaves a parameter
         packing.linear(torch.randn(4, 32), kept, bias)
     assert [weight is kept for weight in packing._packs.keys()] == [True]
+
+
+def test_a_weight_over_the_budget_is_not_tried_on_every_product(monkeypatch):
+    weight, bias = weight_and_bias()
+    monkeypatch.setattr(packing, "BUDGET_BYTES", 0)
+    tries = []
+    attempt = packing._pack
+    monkeypatch.setattr(packing, "_pack", lambda *args: tries.append(1) or attempt(*args))
+    with torch.inference_mode():
+        for _ in range(3):
+            assert packing.linear(torch.randn(4, 32), weight, bias) is None
+        assert len(tries) == 1
+        with torch.no_grad():
+            weight.add_(1)
+        packing.linear(torch.randn(4, 32), weight, bias)
+    assert len(tries) == 2
+
+
+def test_a_weight_is_packed_again_for_other_row_counts_within_its_own_budget(monkeypatch):
+    weight, bias = weight_and_bias()
+    monkeypatch.setattr(packing, "BUDGET_BYTES", weight.nbytes)
+    with torch.inference_mode():
+        assert packing.linear(torch.randn(4, 32), weight, bias) is not None
+        assert packing.linear(torch.randn(9, 32), weight, bias) is not None
+
+
+def test_a_weight_viewed_in_another_layout_is_not_used_packed():
+    weight = torch.nn.Parameter(torch.randn(32, 32))
+    rows = torch.randn(4, 32)
+    with torch.inference_mode():
+        packing.linear(rows, weight, None)
+    weight.data = weight.data.t()  # the same memory, transposed
+    with torch.inference_mode():
+        assert packing.linear(rows, weight, None) is None
+        torch.testing.assert_close(layers.linear(rows, weight, None), rows @ weight.t())

@@ -25,7 +25,7 @@ import torch
 from torch.utils.weak import WeakTensorKeyDictionary
 
 #: Most rows a product may have to use a packed weight. Whole model, 2-core box, in-process A/B: ViT-S
-#: 1.05-1.08x at batch 1 (201 rows) and 1.09x at batch 4 (804 rows), ViT-B 1.07-1.14x at batch 1. Larger
+#: 1.03-1.08x at batch 1 (201 rows) and 1.09x at batch 4 (804 rows), ViT-B 1.07-1.14x at batch 1. Larger
 #: products keep their output in pooled memory (`scratch.pooled`), which pays more there.
 MAX_ROWS = 1024
 #: Most resident memory the packed copies may take, in all.
@@ -33,10 +33,8 @@ BUDGET_BYTES = int(os.environ.get("DINOV3KIT_PACKED_WEIGHTS_MB", "512")) << 20
 
 
 class _Pack(NamedTuple):
-    packed: torch.Tensor
-    rows: int
-    version: int
-    data_ptr: int
+    key: tuple  # `_key` of the weight when it was packed
+    packed: torch.Tensor | None  # None: not packed (over the budget, or not contiguous)
 
 
 _packs: WeakTensorKeyDictionary = WeakTensorKeyDictionary()  # weight -> _Pack, dropped with the weight
@@ -60,35 +58,33 @@ def linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
     if count > MAX_ROWS or type(weight) is not torch.nn.Parameter or weight.is_inference() or not _available():
         return None
     pack = _packs.get(weight)
-    if not _current(pack, weight, count):
+    if pack is None or pack.key != _key(weight, count):
         pack = _pack(weight, count)
-        if pack is None:
-            return None
+    if pack.packed is None:
+        return None
     return torch.ops.mkl._mkl_linear(rows, pack.packed, weight, bias, count)
 
 
-def _current(pack: _Pack | None, weight: torch.nn.Parameter, rows: int) -> bool:
-    """Whether `pack` holds `weight`'s present values, packed for `rows` rows."""
-    return pack is not None and (pack.rows, pack.version, pack.data_ptr) == (rows, weight._version, weight.data_ptr())
+def _key(weight: torch.nn.Parameter, rows: int) -> tuple:
+    """What a pack depends on: the row count and the weight's memory, layout and version counter."""
+    return rows, weight.data_ptr(), weight.shape, weight.stride(), weight._version
 
 
-def _pack(weight: torch.nn.Parameter, rows: int) -> _Pack | None:
-    """Pack `weight` for products of `rows` rows and keep it, if the budget allows (another thread may
-    have packed it meanwhile)."""
-    if not weight.is_contiguous():
-        return None
+def _pack(weight: torch.nn.Parameter, rows: int) -> _Pack:
+    """Pack `weight` for products of `rows` rows if the budget allows, and remember the outcome until the
+    weight changes (a weight over the budget is not tried again on every product)."""
     with _lock:
+        key = _key(weight, rows)
         pack = _packs.get(weight)
-        if _current(pack, weight, rows):
+        if pack is not None and pack.key == key:  # another thread packed it meanwhile
             return pack
-        for other, other_pack in list(_packs.items()):  # copies of values since changed (moved, converted)
-            if not _current(other_pack, other, other_pack.rows):
+        for other, other_pack in list(_packs.items()):  # values since changed (moved, converted), this one's too
+            if other_pack.key != _key(other, other_pack.key[0]):
                 del _packs[other]
-        kept = sum(other.nbytes for other in _packs.keys() if other is not weight)
-        if kept + weight.nbytes > BUDGET_BYTES:
-            return None
-        packed = torch.ops.mkl._mkl_reorder_linear_weight(weight.detach(), rows)
-        pack = _packs[weight] = _Pack(packed, rows, weight._version, weight.data_ptr())
+        kept = sum(other.nbytes for other, held in _packs.items() if held.packed is not None and other is not weight)
+        fits = weight.is_contiguous() and kept + weight.nbytes <= BUDGET_BYTES
+        packed = torch.ops.mkl._mkl_reorder_linear_weight(weight.detach(), rows) if fits else None
+        pack = _packs[weight] = _Pack(key, packed)
         return pack
 
 
