@@ -10,8 +10,10 @@ on every call, and a change packs again.
 Only module parameters are packed (a view built on each call would be packed on each call). The copies
 cost about the weights' size in resident memory (MKL reserves more address space than it touches), so
 they are capped at BUDGET_BYTES in all (environment variable DINOV3KIT_PACKED_WEIGHTS_MB, 0 turns packing
-off); weights beyond the cap use plain products. Copies of values that have since changed (a model moved
-to another device or dtype) are dropped when the next weight is packed; `release()` frees all copies now.
+off); weights beyond the cap use plain products, and are not tried again until they change or
+`release()` (call it after changing BUDGET_BYTES at run time). Copies of values that have since changed (a
+model moved to another device or dtype) are dropped when the next weight is packed; `release()` frees all
+copies now.
 """
 
 from __future__ import annotations
