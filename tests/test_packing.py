@@ -30,7 +30,24 @@ def test_packed_product_matches_addmm_for_each_row_count():
             out = packing.linear(rows, weight, bias)
             assert out is not None
             torch.testing.assert_close(out, torch.addmm(bias, rows, weight.t()), rtol=0, atol=1e-5)
-        assert packing.linear(torch.randn(3, 32), weight, None).shape == (3, 48)
+        assert packing.linear(torch.randn(10, 32), weight, None).shape == (10, 48)
+
+
+def test_each_weight_keeps_packs_for_its_last_row_counts(monkeypatch):
+    weight, bias = weight_and_bias()
+    tries = []
+    attempt = packing._pack
+    monkeypatch.setattr(packing, "_pack", lambda *args: tries.append(args[1]) or attempt(*args))
+    with torch.inference_mode():
+        for _ in range(3):  # alternating sizes: one pack each
+            for count in (7, 9):
+                assert packing.linear(torch.randn(count, 32), weight, bias) is not None
+        assert tries == [7, 9]
+        packing.linear(torch.randn(11, 32), weight, bias)  # a third count replaces the oldest
+        packing.linear(torch.randn(9, 32), weight, bias)
+        packing.linear(torch.randn(7, 32), weight, bias)
+    assert tries == [7, 9, 11, 7]
+    assert list(packing._packs[weight].by_rows) == [11, 7]
 
 
 def test_changed_weights_are_packed_again():
@@ -127,12 +144,18 @@ def test_a_weight_over_the_budget_is_not_tried_on_every_product(monkeypatch):
     assert len(tries) == 2
 
 
-def test_a_weight_is_packed_again_for_other_row_counts_within_its_own_budget(monkeypatch):
+def test_every_pack_counts_against_the_budget(monkeypatch):
     weight, bias = weight_and_bias()
-    monkeypatch.setattr(packing, "BUDGET_BYTES", weight.nbytes)
+    other, _ = weight_and_bias()
+    monkeypatch.setattr(packing, "BUDGET_BYTES", 2 * weight.nbytes)
     with torch.inference_mode():
         assert packing.linear(torch.randn(4, 32), weight, bias) is not None
         assert packing.linear(torch.randn(9, 32), weight, bias) is not None
+        assert packing.linear(torch.randn(4, 32), other, bias) is None  # two packs of `weight` fill the budget
+        monkeypatch.setattr(packing, "ROW_COUNTS_PER_WEIGHT", 1)
+        assert packing.linear(torch.randn(5, 32), weight, bias) is not None  # replaces both older packs
+        assert packing.linear(torch.randn(5, 32), other, bias) is not None
+    assert list(packing._packs[weight].by_rows) == [5]
 
 
 def test_a_weight_viewed_in_another_layout_is_not_used_packed():

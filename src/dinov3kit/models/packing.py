@@ -4,8 +4,14 @@ MKL re-packs the whole weight into its kernels' layout on every product. With fe
 rows for a ViT at 224 px) that packing is a large part of the work: ViT-S's 1536-wide MLP weight, 201
 rows, 2 threads: 1.88 ms plain, 1.42 ms prepacked, the same values. Products of up to MAX_ROWS rows
 therefore multiply by a copy of the weight packed once (`torch.ops.mkl._mkl_reorder_linear_weight`) and
-kept while the weight lives and is unchanged: its data, version counter and the row count are checked
-on every call, and a change packs again.
+kept while the weight lives and is unchanged (its memory, layout and version counter are checked on
+every call; a change packs again).
+
+A pack serves one row count, as MKL defines it. Each weight keeps packs for its last ROW_COUNTS_PER_WEIGHT
+row counts, so alternating sizes (or a short last batch) do not repack on every call, which costs more
+than it saves (ViT-S, 224 and 208 px in turn, repacking on each change: 0.9x). Apart from the budget
+(below), a result does not depend on earlier calls: every product of up to MAX_ROWS rows uses a pack for
+its own row count.
 
 Only module parameters are packed (a view built on each call would be packed on each call). The copies
 cost about the weights' size in resident memory (MKL reserves more address space than it touches), so
@@ -21,7 +27,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 from torch.utils.weak import WeakTensorKeyDictionary
@@ -34,12 +40,19 @@ MAX_ROWS = 1024
 BUDGET_BYTES = int(os.environ.get("DINOV3KIT_PACKED_WEIGHTS_MB", "512")) << 20
 
 
-class _Pack(NamedTuple):
-    key: tuple  # `_key` of the weight when it was packed
-    packed: torch.Tensor | None  # None: not packed (over the budget, or not contiguous)
+#: Row counts a weight keeps packs for (the oldest pack makes way for a new count).
+ROW_COUNTS_PER_WEIGHT = 2
 
 
-_packs: WeakTensorKeyDictionary = WeakTensorKeyDictionary()  # weight -> _Pack, dropped with the weight
+@dataclass
+class _Packs:
+    """The packs of one weight."""
+
+    weight_key: tuple  # `_key` of the weight when they were packed
+    by_rows: dict[int, torch.Tensor | None]  # row count -> pack, oldest first; None: not packed (over budget)
+
+
+_packs: WeakTensorKeyDictionary = WeakTensorKeyDictionary()  # weight -> _Packs, dropped with the weight
 _lock = threading.Lock()
 
 
@@ -54,40 +67,47 @@ def _available() -> bool:
 
 def linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
     """rows [M, K] @ weight.T + bias with a packed copy of `weight` [N, K], fp32 inference on the CPU; None
-    where packing does not apply (too many rows, a weight that is not a plain parameter, over the budget,
-    no MKL), and the caller multiplies as usual."""
+    where packing does not apply (too many rows, a weight that is not a plain parameter or not contiguous,
+    over the budget, no MKL), and the caller multiplies as usual."""
     count = rows.shape[0]
     if count > MAX_ROWS or type(weight) is not torch.nn.Parameter or weight.is_inference() or not _available():
         return None
-    pack = _packs.get(weight)
-    if pack is None or pack.key != _key(weight, count):
-        pack = _pack(weight, count)
-    if pack.packed is None:
+    entry = _packs.get(weight)
+    if entry is not None and entry.weight_key == _key(weight) and count in entry.by_rows:
+        packed = entry.by_rows[count]
+    else:
+        packed = _pack(weight, count)
+    if packed is None:
         return None
-    return torch.ops.mkl._mkl_linear(rows, pack.packed, weight, bias, count)
+    return torch.ops.mkl._mkl_linear(rows, packed, weight, bias, count)
 
 
-def _key(weight: torch.nn.Parameter, rows: int) -> tuple:
-    """What a pack depends on: the row count and the weight's memory, layout and version counter."""
-    return rows, weight.data_ptr(), weight.shape, weight.stride(), weight._version
+def _key(weight: torch.nn.Parameter) -> tuple:
+    """What a pack depends on besides the row count: the weight's memory, layout and version counter."""
+    return weight.data_ptr(), weight.shape, weight.stride(), weight._version
 
 
-def _pack(weight: torch.nn.Parameter, rows: int) -> _Pack:
+def _pack(weight: torch.nn.Parameter, rows: int) -> torch.Tensor | None:
     """Pack `weight` for products of `rows` rows if the budget allows, and remember the outcome until the
     weight changes (a weight over the budget is not tried again on every product)."""
     with _lock:
-        key = _key(weight, rows)
-        pack = _packs.get(weight)
-        if pack is not None and pack.key == key:  # another thread packed it meanwhile
-            return pack
-        for other, other_pack in list(_packs.items()):  # values since changed (moved, converted), this one's too
-            if other_pack.key != _key(other, other_pack.key[0]):
+        key = _key(weight)
+        for other, held in list(_packs.items()):  # values since changed (moved, converted), this one's too
+            if held.weight_key != _key(other):
                 del _packs[other]
-        kept = sum(other.nbytes for other, held in _packs.items() if held.packed is not None and other is not weight)
+        entry = _packs.get(weight)
+        if entry is None:
+            entry = _packs[weight] = _Packs(key, {})
+        elif rows in entry.by_rows:  # another thread packed it meanwhile
+            return entry.by_rows[rows]
+        while entry.by_rows and len(entry.by_rows) >= ROW_COUNTS_PER_WEIGHT:
+            del entry.by_rows[next(iter(entry.by_rows))]
+        kept = sum(
+            other.nbytes * sum(packed is not None for packed in held.by_rows.values()) for other, held in _packs.items()
+        )
         fits = weight.is_contiguous() and kept + weight.nbytes <= BUDGET_BYTES
-        packed = torch.ops.mkl._mkl_reorder_linear_weight(weight.detach(), rows) if fits else None
-        pack = _packs[weight] = _Pack(key, packed)
-        return pack
+        packed = entry.by_rows[rows] = torch.ops.mkl._mkl_reorder_linear_weight(weight.detach(), rows) if fits else None
+        return packed
 
 
 def release() -> None:
