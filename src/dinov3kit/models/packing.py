@@ -33,7 +33,7 @@ import torch
 from torch.utils.weak import WeakTensorKeyDictionary
 
 #: Most rows a product may have to use a packed weight. Whole model, 2-core box, in-process A/B: ViT-S
-#: 1.03-1.08x at batch 1 (201 rows) and 1.09x at batch 4 (804 rows), ViT-B 1.07-1.14x at batch 1. Larger
+#: 1.03-1.09x at batch 1 (201 rows) and 1.09x at batch 4 (804 rows), ViT-B 1.07-1.14x at batch 1. Larger
 #: products keep their output in pooled memory (`scratch.pooled`), which pays more there.
 MAX_ROWS = 1024
 #: Most resident memory the packed copies may take, in all.
