@@ -38,8 +38,6 @@ from torch.utils.weak import WeakTensorKeyDictionary
 MAX_ROWS = 1024
 #: Most resident memory the packed copies may take, in all.
 BUDGET_BYTES = int(os.environ.get("DINOV3KIT_PACKED_WEIGHTS_MB", "512")) << 20
-
-
 #: Row counts a weight keeps packs for (the oldest pack makes way for a new count).
 ROW_COUNTS_PER_WEIGHT = 2
 
@@ -54,6 +52,7 @@ class _Packs:
 
 _packs: WeakTensorKeyDictionary = WeakTensorKeyDictionary()  # weight -> _Packs, dropped with the weight
 _lock = threading.Lock()
+_UNTRIED = object()
 
 
 @functools.cache
@@ -73,9 +72,8 @@ def linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
     if count > MAX_ROWS or type(weight) is not torch.nn.Parameter or weight.is_inference() or not _available():
         return None
     entry = _packs.get(weight)
-    if entry is not None and entry.weight_key == _key(weight) and count in entry.by_rows:
-        packed = entry.by_rows[count]
-    else:
+    packed = entry.by_rows.get(count, _UNTRIED) if entry is not None and entry.weight_key == _key(weight) else _UNTRIED
+    if packed is _UNTRIED:  # (a lookup, not `in` + index: another thread may drop the pack in between)
         packed = _pack(weight, count)
     if packed is None:
         return None
