@@ -59,13 +59,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     if cpu_fp32_inference(x, weight):
         rows = x.reshape(-1, x.shape[-1])
         out = packing.linear(rows, weight, bias)
-        if out is not None:
-            return out.view(*x.shape[:-1], weight.shape[0])
-        out = pooled((rows.shape[0], weight.shape[0]), x.dtype, x.device)
-        if bias is None:
-            torch.mm(rows, weight.t(), out=out)
-        else:
-            torch.addmm(bias, rows, weight.t(), out=out)
+        if out is None:
+            out = pooled((rows.shape[0], weight.shape[0]), x.dtype, x.device)
+            if bias is None:
+                torch.mm(rows, weight.t(), out=out)
+            else:
+                torch.addmm(bias, rows, weight.t(), out=out)
         return out.view(*x.shape[:-1], weight.shape[0])
     if (
         x.dtype in (torch.bfloat16, torch.float16)
@@ -169,7 +168,7 @@ class Attention(nn.Module):
         else:
             cos, sin = (table[:, None, None] for table in rope)  # [patches, 1, 1, d]: over q/k and heads
             patches_qk = qkv[:, num_prefix_tokens:, :2]  # the patch rows of q and k, in the fused buffer
-            reuse = cpu_fp32_inference(x, self.qkv.weight)
+            reuse = cpu_fp32_inference(x, self.qkv.weight)  # the fp32 temporary of `rotate_` into pooled memory
             workspace = pooled(patches_qk.shape, cos.dtype, x.device) if reuse else None
             rotate_(patches_qk, cos, sin, workspace)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # strided views [B, H, N, d], no copies
