@@ -1,13 +1,16 @@
 """ViT forward speed on the CPU: dinov3kit vs transformers vs timm on the same random weights.
 
     .venv/bin/python benchmarks/bench_vit_cpu.py [--threads 2] [--repeats 7] [--cases vits16:fp32:1,...]
-                                                 [--same-process]
+                                                 [--same-process] [--compile]
 
 Each case saves one random checkpoint, then runs each library in its own process (`common.Isolated`):
 it loads the model there, the script checks that the three give the same normed tokens, then times
 `inference_mode` forwards of a 224 px batch, one process at a time, round by round (each round runs
 about `--round-seconds` of forwards in a row per library). Images/s are medians over the rounds.
 `--same-process` runs the three in this process instead, where they share the C allocator (see common.py).
+`--compile` adds dinov3kit and transformers after `model.compile()` as two more contenders (each compiles
+on its first forward, before the timing) and two columns: compiled ours vs compiled transformers, and
+compiled ours vs eager ours.
 Target (issue 6): ours >= 1.1x transformers in every case.
 """
 
@@ -28,26 +31,37 @@ FORWARDS = {
     "transformers": lambda model, x: model(pixel_values=x).last_hidden_state,
     "timm": lambda model, x: model.forward_features(x),
 }
+COMPILED = " compiled"
 
 
 def contender(name: str, folder: Path, dtype_name: str, batch: int, size: int):
-    """The timed call of one library: a forward of a fixed random batch (built in the contender's process)."""
+    """The timed call of one contender ("transformers", or "dinov3kit compiled": the library, compiled or
+    not): a forward of a fixed random batch, built in the contender's process."""
+    library = name.removesuffix(COMPILED)
     dtype = DTYPES[dtype_name]
-    model = common.load_vit_twin(name, folder).to(dtype)
+    model = common.load_vit_twin(library, folder).to(dtype)
+    if name.endswith(COMPILED):
+        model.compile()
     pixel_values = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(dtype)
 
     def forward():
         with torch.inference_mode():
-            return FORWARDS[name](model, pixel_values)
+            return FORWARDS[library](model, pixel_values)
 
     return forward
 
 
+def contender_names(compile_too: bool) -> list[str]:
+    names = list(FORWARDS)
+    return names + [f"dinov3kit{COMPILED}", f"transformers{COMPILED}"] if compile_too else names
+
+
 def run_case(variant: str, dtype_name: str, batch: int, args: argparse.Namespace) -> list:
+    names = contender_names(args.compile)
     with tempfile.TemporaryDirectory() as folder:
         common.save_vit_twins(variant, folder=Path(folder))
         builders = {
-            name: functools.partial(contender, name, Path(folder), dtype_name, batch, args.size) for name in FORWARDS
+            name: functools.partial(contender, name, Path(folder), dtype_name, batch, args.size) for name in names
         }
         if args.same_process:
             fns = {name: build() for name, build in builders.items()}
@@ -59,13 +73,15 @@ def run_case(variant: str, dtype_name: str, batch: int, args: argparse.Namespace
                 seconds = max(isolated.time(name) for name in builders)  # also the warm-up call
                 number = max(1, round(args.round_seconds / seconds))
                 stats = common.interleaved(isolated.timers(number), repeats=args.repeats, warmup=0, self_timed=True)
-    diff = max((outputs[name] - outputs["dinov3kit"]).abs().max().item() for name in FORWARDS)
+    diff = max((outputs[name] - outputs["dinov3kit"]).abs().max().item() for name in names)
     rate = {name: batch / s.median for name, s in stats.items()}
+    ratios = [("dinov3kit", "transformers"), ("dinov3kit", "timm")]
+    if args.compile:
+        ratios += [(f"dinov3kit{COMPILED}", f"transformers{COMPILED}"), (f"dinov3kit{COMPILED}", "dinov3kit")]
     return [
         f"{variant} {dtype_name} b{batch}",
-        *(f"{rate[n]:.2f} {stats[n].spread_text()}" for n in FORWARDS),
-        f"{rate['dinov3kit'] / rate['transformers']:.2f}x",
-        f"{rate['dinov3kit'] / rate['timm']:.2f}x",
+        *(f"{rate[n]:.2f} {stats[n].spread_text()}" for n in names),
+        *(f"{rate[ours] / rate[other]:.2f}x" for ours, other in ratios),
         f"{diff:.1e}",
     ]
 
@@ -78,6 +94,7 @@ def main() -> None:
     parser.add_argument("--cases", default=DEFAULT_CASES, help="comma-separated variant:dtype:batch")
     parser.add_argument("--same-process", action="store_true", help="run the three libraries in this process")
     parser.add_argument("--round-seconds", type=float, default=1.0, help="forwards in a row per library and round")
+    parser.add_argument("--compile", action="store_true", help="also time dinov3kit and transformers compiled")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(common.machine())
@@ -87,9 +104,12 @@ def main() -> None:
         rows.append(run_case(variant, dtype_name, int(batch), args))
         print(" | ".join(rows[-1]), flush=True)
     where = "one process" if args.same_process else "one process per library"
+    ratio_columns = ["vs transformers", "vs timm"]
+    if args.compile:
+        ratio_columns += ["compiled: vs transformers", "compiled vs eager"]
     common.print_table(
         f"ViT forward on CPU, {args.size} px, {args.threads} threads, {where}, images/s (median ± half IQR)",
-        ["case", "dinov3kit", "transformers", "timm", "vs transformers", "vs timm", "max |diff|"],
+        ["case", *contender_names(args.compile), *ratio_columns, "max |diff|"],
         rows,
     )
 
