@@ -56,6 +56,17 @@ def contender_names(compile_too: bool) -> list[str]:
     return names + [f"dinov3kit{COMPILED}", f"transformers{COMPILED}"] if compile_too else names
 
 
+def ratio_columns(compile_too: bool) -> list[tuple[str, str, str]]:
+    """The ratio columns of the table: (header, contender, contender it is divided by)."""
+    columns = [("vs transformers", "dinov3kit", "transformers"), ("vs timm", "dinov3kit", "timm")]
+    if compile_too:
+        columns += [
+            ("compiled: vs transformers", f"dinov3kit{COMPILED}", f"transformers{COMPILED}"),
+            ("compiled vs eager", f"dinov3kit{COMPILED}", "dinov3kit"),
+        ]
+    return columns
+
+
 def run_case(variant: str, dtype_name: str, batch: int, args: argparse.Namespace) -> list:
     names = contender_names(args.compile)
     with tempfile.TemporaryDirectory() as folder:
@@ -75,13 +86,10 @@ def run_case(variant: str, dtype_name: str, batch: int, args: argparse.Namespace
                 stats = common.interleaved(isolated.timers(number), repeats=args.repeats, warmup=0, self_timed=True)
     diff = max((outputs[name] - outputs["dinov3kit"]).abs().max().item() for name in names)
     rate = {name: batch / s.median for name, s in stats.items()}
-    ratios = [("dinov3kit", "transformers"), ("dinov3kit", "timm")]
-    if args.compile:
-        ratios += [(f"dinov3kit{COMPILED}", f"transformers{COMPILED}"), (f"dinov3kit{COMPILED}", "dinov3kit")]
     return [
         f"{variant} {dtype_name} b{batch}",
         *(f"{rate[n]:.2f} {stats[n].spread_text()}" for n in names),
-        *(f"{rate[ours] / rate[other]:.2f}x" for ours, other in ratios),
+        *(f"{rate[ours] / rate[other]:.2f}x" for _, ours, other in ratio_columns(args.compile)),
         f"{diff:.1e}",
     ]
 
@@ -104,12 +112,9 @@ def main() -> None:
         rows.append(run_case(variant, dtype_name, int(batch), args))
         print(" | ".join(rows[-1]), flush=True)
     where = "one process" if args.same_process else "one process per library"
-    ratio_columns = ["vs transformers", "vs timm"]
-    if args.compile:
-        ratio_columns += ["compiled: vs transformers", "compiled vs eager"]
     common.print_table(
         f"ViT forward on CPU, {args.size} px, {args.threads} threads, {where}, images/s (median ± half IQR)",
-        ["case", *contender_names(args.compile), *ratio_columns, "max |diff|"],
+        ["case", *contender_names(args.compile), *(column[0] for column in ratio_columns(args.compile)), "max |diff|"],
         rows,
     )
 
