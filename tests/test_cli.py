@@ -275,3 +275,178 @@ def test_export_writes_an_onnx_graph_that_matches_torch(checkpoints, tmp_path, c
     lines = capsys.readouterr().out.splitlines()
     assert out.is_file() and len(lines) == 3
     assert all(float(line.rsplit(" ", 1)[1]) < 1e-4 for line in lines[1:])
+
+
+# --- hostile inputs and concurrent use (issue 14) ------------------------------------------------
+def run_main(capsys, *args) -> tuple[int, str, str]:
+    """`main` on these arguments: exit code, stdout and stderr."""
+    capsys.readouterr()
+    try:
+        code = main([str(arg) for arg in args])
+    except SystemExit as exit:  # argparse's usage errors
+        code = exit.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_clean_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err and err.count("\n") <= 6, err
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.mark.parametrize("kind", ["same", "symlink", "hardlink"])
+def test_convert_refuses_to_write_over_its_source(checkpoints, tmp_path, capsys, kind):
+    source = tmp_path / "m.pth"
+    shutil.copy(checkpoints["meta"], source)
+    before = source.read_bytes()
+    destination = {"same": source, "symlink": tmp_path / "link.pth", "hardlink": tmp_path / "hard.pth"}[kind]
+    if kind == "symlink":
+        destination.symlink_to(source)
+    elif kind == "hardlink":
+        os.link(source, destination)
+    code, _, err = run_main(capsys, "convert", source, destination)
+    assert_clean_error(code, err, "refusing to write over the input", str(source))
+    assert source.read_bytes() == before
+    code, _, err = run_main(capsys, "convert", checkpoints["hf"], checkpoints["hf"])  # a folder into itself
+    assert_clean_error(code, err, "refusing to write over the input")
+
+
+def test_a_second_embed_on_one_output_is_refused_and_readers_see_the_last_complete_index(checkpoints, tmp_path, capsys):
+    photos = make_photos(tmp_path / "photos", 40, (640, 480))
+    index = tmp_path / "index.parquet"
+    args = ["--model", checkpoints["hf"], "--batch-size", "2", "--chunk-size", "4", "--workers", "0", "-q"]
+    assert main(["embed", *map(str, photos[:4]), "-o", str(index), *map(str, args)]) == 0
+    command = [sys.executable, "-m", "dinov3kit.cli", "embed", str(tmp_path / "photos"), "-o", str(index), *map(str, args)]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = tmp_path / "index.parquet.lock"
+    deadline = time.monotonic() + 120
+    while (not lock.exists() or lock.read_text().strip() != str(first.pid)) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        code, _, err = run_main(capsys, "embed", tmp_path / "photos", "-o", index, *args)
+        assert_clean_error(code, err, f"another `dinov3kit embed` (pid {first.pid}) is writing {index}")
+        code, out, _ = run_main(capsys, "info", index, "--json")  # a reader during the run: the last complete index
+        assert code == 0 and json.loads(out)["rows"] == 4
+        code, out, _ = run_main(capsys, "search", index, "0", "-k", "2", "--json")
+        assert code == 0 and len(json.loads(out)[0]["hits"]) == 2
+        assert first.poll() is None, "the first run ended before the second was tried"
+    finally:
+        out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert "embedded 36 of 40 images, 4 already in the index" in out
+    assert sorted(read_rows(index)) == sorted(str(p) for p in photos)
+
+
+def test_special_files_and_symlink_loops_neither_hang_nor_repeat(checkpoints, tmp_path):
+    photos = tmp_path / "photos"
+    shutil.copytree(PHOTOS, photos, ignore=shutil.ignore_patterns("*.md", "*.py", "[a-h]*"))
+    os.mkfifo(photos / "pipe.png")
+    (photos / "zero.jpg").symlink_to("/dev/zero")
+    (photos / "loop").symlink_to(photos)
+    (photos / "inner").mkdir()
+    (photos / "inner" / "back").symlink_to(photos)
+    shutil.copy(PHOTOS / "cat.jpg", photos / "inner" / "cat.jpg")
+    index = tmp_path / "index.parquet"
+    run = dinov3kit("embed", photos, "-o", index, "--model", checkpoints["hf"], "--workers", "1", "-q", timeout=180)
+    good = ["inner/cat.jpg", "retina.jpg", "rocket.jpg"]
+    assert f"embedded {len(good)} of {len(good) + 2} images" in run.stdout
+    assert sorted(os.path.relpath(p, photos) for p in read_rows(index)) == good
+    errors = {Path(e["path"]).name: e["error"] for e in json.loads(pq.read_metadata(index).metadata[b"dinov3kit"])["errors"]}
+    assert "named pipe" in errors["pipe.png"] and "character device" in errors["zero.jpg"]
+
+
+def test_byte_limit_option(checkpoints, tmp_path, capsys):
+    index = tmp_path / "index.parquet"
+    code, out, _ = run_main(capsys, "embed", PHOTOS / "cat.jpg", PHOTOS / "rocket.jpg", "-o", index, "--model", checkpoints["hf"],
+                            "--max-bytes", "1K", "--workers", "0", "-q")
+    assert code == 0 and "embedded 0 of 2 images" in out and "over the limit of 1024 bytes per file" in out
+    code, _, err = run_main(capsys, "embed", PHOTOS, "-o", index, "--max-bytes", "lots")
+    assert code == 2 and "--max-bytes: a size must be a whole number of bytes" in err
+
+
+def test_indexes_record_their_model_and_refuse_another(checkpoints, tmp_path, capsys):
+    index = tmp_path / "index.parquet"
+    _, other = save_hf_vit(tmp_path / "other", seed=11, num_register_tokens=2)  # same width, other weights
+    _, narrow = save_hf_vit(tmp_path / "narrow", seed=12, hidden_size=32, intermediate_size=64)
+    base = ["--workers", "0", "-q"]
+    assert main(["embed", str(PHOTOS / "cat.jpg"), str(PHOTOS / "rocket.jpg"), "-o", str(index), "--model", str(checkpoints["hf"]), *base]) == 0
+    meta = json.loads(pq.read_metadata(index).metadata[b"dinov3kit"])
+    assert len(meta["model_digest"]) == 64 and meta["dim"] == 64 and len(meta["weight_sample"]) > 20
+    code, out, _ = run_main(capsys, "search", index, PHOTOS / "cat.jpg", "--json")  # the recorded model
+    assert code == 0 and Path(json.loads(out)[0]["hits"][0]["path"]).name == "cat.jpg"
+    code, _, err = run_main(capsys, "search", index, PHOTOS / "cat.jpg", "--model", other)
+    assert_clean_error(code, err, str(index), "differs in its weights or config", "--allow-model-mismatch")
+    code, out, _ = run_main(capsys, "search", index, PHOTOS / "cat.jpg", "--model", other, "--allow-model-mismatch", "--json")
+    assert code == 0 and len(json.loads(out)[0]["hits"]) == 2
+    code, _, err = run_main(capsys, "search", index, PHOTOS / "cat.jpg", "--model", narrow, "--allow-model-mismatch")
+    assert_clean_error(code, err, "holds 64-wide vectors", "makes 32-wide ones")  # never a numpy broadcast error
+    code, _, err = run_main(capsys, "embed", PHOTOS / "coffee.jpg", "-o", index, "--model", other, "--allow-model-mismatch", *base)
+    assert code == 0, err  # the same path key is waived, the same width holds
+    code, _, err = run_main(capsys, "embed", PHOTOS / "hubble.jpg", "-o", index, "--model", narrow, "--allow-model-mismatch", *base)
+    assert_clean_error(code, err, "64-wide vectors")
+
+
+def test_control_characters_in_names_are_printed_escaped(checkpoints, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    evil = "evil\x1b[2J\nfaked line\u202e.jpg"
+    shutil.copy(PHOTOS / "cat.jpg", photos / evil)
+    (photos / "bad\x07\r.jpg").write_bytes(b"not an image")
+    index = tmp_path / "index.parquet"
+    outputs = [run_main(capsys, "embed", photos, "-o", index, "--model", checkpoints["hf"], "--workers", "0", "-q")]
+    outputs.append(run_main(capsys, "info", index))
+    outputs.append(run_main(capsys, "search", index, "0"))
+    outputs.append(run_main(capsys, "dedup", index, "--threshold", "-1"))
+    outputs.append(run_main(capsys, "search", photos / evil, "0"))
+    for code, out, err in outputs:
+        for text in (out, err):
+            assert not any(c in text for c in "\x1b\x07\r\u202e"), text
+            assert "faked line" not in text or "\\nfaked line" in text
+    assert "evil\\x1b[2J\\nfaked line\\u202e.jpg" in outputs[1][1] + outputs[2][1]
+
+
+def test_hostile_tool_inputs_get_short_errors(checkpoints, tmp_path, capsys):
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (1200, 3), "white").save(thin)
+    started = time.monotonic()
+    code, _, err = run_main(capsys, "pca", thin, "-o", tmp_path / "pca.png", "--model", checkpoints["hf"])
+    assert_clean_error(code, err, str(thin), "1200x3", "megapixels", "lower --resolution")
+    code, _, err = run_main(capsys, "similarity", thin, "--point", "1,1", "-o", tmp_path / "s.png", "--model", checkpoints["hf"])
+    assert_clean_error(code, err, "megapixels")
+    assert time.monotonic() - started < 30 and not (tmp_path / "pca.png").exists()
+    index, cat = tmp_path / "index.parquet", tmp_path / "cat.jpg"
+    shutil.copy(PHOTOS / "cat.jpg", cat)
+    assert main(["embed", str(cat), "-o", str(index), "--model", str(checkpoints["hf"]), "--workers", "0", "-q"]) == 0
+    code, _, err = run_main(capsys, "search", index, "-1")
+    assert_clean_error(code, err, "row -1 is out of range: row ids are 0..0")
+    code, _, err = run_main(capsys, "dedup", index, "--threshold", "2")
+    assert_clean_error(code, err, "cosine similarity from -1 to 1")
+    listing = tmp_path / "list.txt"
+    listing.write_text("http://host/x.jpg\n")
+    code, _, err = run_main(capsys, "embed", listing, "-o", tmp_path / "u.parquet")
+    assert_clean_error(code, err, "http://host/x.jpg", "local files only")
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(index.read_bytes()[:-200])
+    for command in (["info", corrupt], ["search", corrupt, "0"], ["dedup", corrupt]):
+        code, _, err = run_main(capsys, *command)
+        assert_clean_error(code, err, str(corrupt))
+    before = cat.read_bytes()
+    code, _, err = run_main(capsys, "embed", cat, "-o", cat, "--overwrite")
+    assert_clean_error(code, err, "refusing to write over the input")
+    code, _, err = run_main(capsys, "search", index, "0", "--grid", cat)  # the grid would replace a result's image
+    assert_clean_error(code, err, "refusing to write over the input")
+    assert cat.read_bytes() == before
+
+
+def test_debug_shows_the_traceback_and_hub_advice_is_for_hub_ids_only(tmp_path, capsys):
+    missing = tmp_path / "nowhere.pth"
+    code, _, err = run_main(capsys, "info", missing)
+    assert_clean_error(code, err, str(missing), "Check the path")
+    assert "gated" not in err
+    with pytest.raises(ValueError):
+        main(["--debug", "info", str(missing)])
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    result = dinov3kit("info", "facebook/dinov3-vits16-pretrain-lvd1689m", env=offline, check=False)
+    assert result.returncode == 2 and "gated" in result.stderr and "Traceback" not in result.stderr

@@ -4,7 +4,18 @@ import sys
 
 import pytest
 
-from dinov3kit.fileio import OutputLock, OutputLockedError, SameFileError, atomic_write, write_bytes_atomic
+from dinov3kit.fileio import (
+    FileRefusedError,
+    OutputLock,
+    OutputLockedError,
+    SameFileError,
+    atomic_write,
+    input_files,
+    parse_size,
+    read_regular_file,
+    refuse_overwriting_sources,
+    write_bytes_atomic,
+)
 
 
 def test_atomic_write_replaces_and_cleans_up(tmp_path):
@@ -51,3 +62,46 @@ def test_output_lock_excludes_other_processes_and_is_freed_by_death(tmp_path):
         holder.wait()
     with OutputLock(out, "dinov3kit embed"):  # a killed holder's lock is taken over
         pass
+
+
+def test_a_folder_destination_holding_an_input_is_refused(tmp_path):
+    checkpoint = tmp_path / "hf"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    refuse_overwriting_sources(tmp_path / "elsewhere", [checkpoint / "model.safetensors"])
+    with pytest.raises(SameFileError, match="inside the destination"):
+        refuse_overwriting_sources(checkpoint, [checkpoint / "model.safetensors"])
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    os.link(checkpoint / "model.safetensors", copy / "model.safetensors")  # writing it in place would change the input
+    with pytest.raises(SameFileError, match="same file"):
+        refuse_overwriting_sources(copy, [checkpoint / "model.safetensors"])
+    assert input_files(checkpoint) == [checkpoint / "model.safetensors"] and input_files("owner/hub-id") == []
+
+
+@pytest.mark.parametrize("text, value", [("1000", 1000), ("64K", 65536), ("256MB", 256 * 2**20), ("2g", 2 * 2**30), (7, 7)])
+def test_sizes(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "lots", "-5", "0", "1.5G", "12T"])
+def test_bad_sizes_say_what_a_size_is(text):
+    with pytest.raises(ValueError, match="a size must"):
+        parse_size(text)
+
+
+def test_only_regular_files_within_the_limit_are_read(tmp_path):
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"0123456789")
+    assert read_regular_file(data) == read_regular_file(data, max_bytes=10) == b"0123456789"
+    with pytest.raises(FileRefusedError, match="10 bytes, over the limit of 9 bytes per file"):
+        read_regular_file(data, max_bytes=9)
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(FileRefusedError, match="named pipe"):
+        read_regular_file(tmp_path / "pipe.png")
+    with pytest.raises(FileRefusedError, match="character device"):
+        read_regular_file("/dev/zero")
+    with pytest.raises(FileRefusedError, match="a folder"):
+        read_regular_file(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        read_regular_file(tmp_path / "missing")

@@ -7,7 +7,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dinov3kit.tools.store import IndexFileError, IndexWriter, index_schema, partial_dir, read_index, read_meta, rows_table
+from dinov3kit.tools.store import (
+    IndexFileError,
+    IndexWriter,
+    ModelMismatchError,
+    check_same_model,
+    index_schema,
+    partial_dir,
+    read_index,
+    read_meta,
+    rows_table,
+)
 
 RUN = {"model": "/models/tiny", "resolution": 224, "patches": False}
 DIM = 4
@@ -123,3 +133,71 @@ def test_a_run_killed_before_its_merge_is_finished_without_the_model(tmp_path):
     meta = IndexWriter(out, RUN).finish(None)  # the resumed run has nothing left to embed
     assert stored_paths(out) == ["a", "b"]
     assert meta["model"] == RUN["model"] and meta["resolution"] == 224 and read_meta(out) == meta
+
+
+def described(digest: str = "d1", sample=(0.5, -0.25), **extra) -> dict:
+    return {"model": "/models/tiny", "resolution": 224, "image_mean": [0.4, 0.5, 0.6], "image_std": [0.2, 0.2, 0.2],
+            "dim": DIM, "model_digest": digest, "weight_sample": list(sample), **extra}
+
+
+def test_the_model_that_made_an_index_is_checked(tmp_path):
+    path = Path("index.parquet")
+    check_same_model(path, described(), described(sample=(0.501, -0.2502)))  # another dtype of the same weights
+    for other, what in [(described(digest="d2"), "weights or config"), (described(sample=(0.9, 0.1)), "weights or config"),
+                        (described(resolution=160), "resolution"), (described(image_std=[0.3, 0.3, 0.3]), "image_std")]:
+        with pytest.raises(ModelMismatchError, match=f"differs in its {what}.*--allow-model-mismatch"):
+            check_same_model(path, described(), other)
+        check_same_model(path, described(), other, allow_mismatch=True)
+    for allowed in (False, True):  # another width is never comparable
+        with pytest.raises(ModelMismatchError, match="holds 4-wide vectors.*makes 8-wide ones"):
+            check_same_model(path, described(), described(dim=8), allow_mismatch=allowed)
+    old = {"model": "/models/tiny", "resolution": 224}
+    with pytest.warns(UserWarning, match="before dinov3kit recorded model digests"):
+        check_same_model(path, old, described())
+
+
+def test_resuming_with_another_model_is_refused(tmp_path):
+    out = tmp_path / "index.parquet"
+    first = IndexWriter(out, RUN)
+    first.check_model(described())
+    first.commit(rows(["a"]), [])  # killed here: the chunk folder records the model
+    again = IndexWriter(out, RUN)
+    with pytest.raises(ModelMismatchError, match="differs in its weights or config"):
+        again.check_model(described(digest="other"))
+    again.check_model(described())
+    again.finish(described())
+    assert read_meta(out)["model_digest"] == "d1"
+    with pytest.raises(ModelMismatchError, match="4-wide vectors"):
+        IndexWriter(out, RUN, allow_model_mismatch=True).check_model(described(dim=8))
+    with pytest.raises(ModelMismatchError, match="weights or config"):
+        IndexWriter(out, RUN).check_model(described(digest="other"))
+
+
+def test_corrupt_index_files_are_named_in_short_errors(tmp_path):
+    out = tmp_path / "index.parquet"
+    writer = IndexWriter(out, RUN)
+    writer.commit(rows([f"img{i}" for i in range(50)]), [])
+    writer.finish(RUN)
+    data = out.read_bytes()
+    broken = tmp_path / "broken.parquet"
+    for damaged in (data[: len(data) // 2], data[:100] + bytes(200) + data[300:], b"PAR1" + bytes(100) + b"PAR1"):
+        broken.write_bytes(damaged)
+        with pytest.raises(IndexFileError, match=f"^{broken}: ") as error:
+            read_index(broken)
+        assert "\n" not in str(error.value) and len(str(error.value)) < 400
+    with pytest.raises(IndexFileError, match="a folder, not an index file|not a readable Parquet"):
+        read_index(tmp_path)
+
+
+def test_readers_see_the_last_complete_index_while_it_is_replaced(tmp_path):
+    out = tmp_path / "index.parquet"
+    writer = IndexWriter(out, RUN)
+    writer.commit(rows(["a", "b"]), [])
+    writer.finish(RUN)
+    with open(out, "rb") as held:  # a reader that opened the file before the merge renames a new one in
+        writer = IndexWriter(out, RUN)
+        writer.commit(rows(["c"], seed=3), [])
+        writer.finish(RUN)
+        assert pq.read_table(held).column("path").to_pylist() == ["a", "b"]
+    assert read_index(out).paths == ["a", "b", "c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.parquet"]  # no temporary left behind

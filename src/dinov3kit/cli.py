@@ -8,31 +8,95 @@ import csv
 import io
 import json
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
+from .fileio import MAX_BYTES_ENV, OutputLockedError, atomic_write, parse_size
 from .tools.runtime import DEFAULT_MODEL, DEFAULT_RESOLUTION, MODEL_ENV
 
 DENSE_RESOLUTION = 768
 EXIT_ERROR = 2
+EXIT_INTERNAL = 1
+#: Characters a terminal acts on (C0/C1 controls, DEL, bidi and zero-width marks, line separators) and
+#: undecodable bytes of file names (surrogates): printed escaped, never raw.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ud800-\udfff]")
 
 
 class UsageError(ValueError):
     """A command-line value that cannot be used (the message says which and why)."""
 
 
+def printable(text: object, *, newlines: bool = False) -> str:
+    """`text` safe to print on a terminal: control characters escaped (\\x1b, \\n, \\u202e, ...), so a
+    file name cannot clear the screen or fake output lines. With `newlines`, line breaks of a
+    multi-line message are kept and its continuation lines indented."""
+    text = str(text)
+    if newlines:
+        return "\n  ".join(printable(line) for line in text.split("\n"))
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def _escape(match: re.Match) -> str:
+    char = match.group()
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return args.run(args)
+        except KeyboardInterrupt:
+            print("\ndinov3kit: interrupted", file=sys.stderr)
+            return 130
+        except (ValueError, ImportError, OSError, OutputLockedError) as error:  # CheckpointError, SourceError, ...
+            if args.debug:
+                raise
+            print(f"dinov3kit {args.command}: error: {_error_text(error, args)}", file=sys.stderr)
+            return EXIT_ERROR
+        except MemoryError:
+            if args.debug:
+                raise
+            print(f"dinov3kit {args.command}: error: out of memory", file=sys.stderr)
+            return EXIT_INTERNAL
+        except Exception as error:  # a bug: a short report, the traceback with --debug
+            if args.debug:
+                raise
+            print(
+                f"dinov3kit {args.command}: internal error: {type(error).__name__}: {_error_text(error, args)}\n"
+                "  rerun with --debug for the traceback, and please report it",
+                file=sys.stderr,
+            )
+            return EXIT_INTERNAL
+
+
+def _error_text(error: BaseException, args: argparse.Namespace) -> str:
+    """The message of `error` for the terminal: the command-line values it quotes fully escaped (a name
+    with a line break stays on its line), then control characters escaped, keeping the message's own
+    line breaks with its continuation lines indented."""
+    message = str(error)
+    values = [v for value in vars(args).values() for v in (value if isinstance(value, list) else [value])]
+    for value in sorted({str(v) for v in values if isinstance(v, (str, Path))}, key=len, reverse=True):
+        if _UNPRINTABLE.search(value) and value in message:
+            message = message.replace(value, printable(value))
+    return printable(message, newlines=True)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"dinov3kit: warning: {printable(message, newlines=True)}", file=sys.stderr)
+
+
+def byte_count(text: str) -> int:
+    """A size such as 1000, 64K, 256M or 2G (argparse type of --max-bytes)."""
     try:
-        return args.run(args)
-    except KeyboardInterrupt:
-        print("\ndinov3kit: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, ImportError, OSError) as error:  # CheckpointError, SourceError, ... are ValueErrors
-        print(f"dinov3kit {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_ERROR
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dinov3kit",
         description="DINOv3 features for image collections: embed, search, dedup, pca, similarity, convert, export, info.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     embed = _command(commands, "embed", run_embed, "embed images into a Parquet index (resumable)", resolution=DEFAULT_RESOLUTION)
@@ -52,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--resume", action="store_true", help="add to OUT, skipping images already in it (the default when OUT exists)")
     mode.add_argument("--overwrite", action="store_true", help="start OUT over")
     embed.add_argument("--strict", action="store_true", help="stop at the first bad image instead of recording it")
+    embed.add_argument("--allow-model-mismatch", action="store_true", help="add to an index made by another model of the same width")
     embed.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     search = _command(commands, "search", run_search, "nearest neighbours of query images or rows", resolution=None)
@@ -63,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--backend", choices=("torch", "faiss"), default="torch", help="exact search in torch (default) or FAISS")
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
     search.add_argument("--grid", type=Path, metavar="PNG", help="also draw a contact sheet of queries and results")
+    search.add_argument("--allow-model-mismatch", action="store_true", help="embed query images with another model than the index's")
 
     dedup = commands.add_parser("dedup", help="groups of near-duplicate images in an index")
     dedup.set_defaults(run=run_dedup)
@@ -116,6 +183,8 @@ def _command(commands, name: str, run, help: str, *, resolution: int | None, bat
         command.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     if resolution is not None:
         command.add_argument("--resolution", type=int, default=resolution, help=f"input size in pixels (default {resolution})")
+    command.add_argument("--max-bytes", type=byte_count, default=None, metavar="SIZE",
+                         help=f"largest image file read, e.g. 512M (default: ${MAX_BYTES_ENV}, else 256M)")
     return command
 
 
@@ -144,23 +213,25 @@ def run_embed(args) -> int:
             overwrite=args.overwrite,
             strict=args.strict,
             progress=not args.quiet,
+            max_bytes=args.max_bytes,
+            allow_model_mismatch=args.allow_model_mismatch,
         )
     except BadImageError as error:
-        print(f"dinov3kit embed: bad image: {error}\nRerun the same command without --strict to go on.", file=sys.stderr)
+        print(f"dinov3kit embed: bad image: {printable(error)}\nRerun the same command without --strict to go on.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"\ndinov3kit embed: interrupted; rerun the same command to resume {args.output}", file=sys.stderr)
+        print(f"\ndinov3kit embed: interrupted; rerun the same command to resume {printable(args.output)}", file=sys.stderr)
         return 130
     parts = [f"embedded {summary.embedded} of {summary.found} images"]
     if summary.skipped:
         parts.append(f"{summary.skipped} already in the index")
     parts.append(f"{summary.failed} failed")
     rate = f", {summary.images_per_second:.1f} img/s once the model was loaded" if summary.embedded else ""
-    print(f"{', '.join(parts)} in {summary.seconds:.1f} s{rate} -> {summary.out}")
+    print(f"{', '.join(parts)} in {summary.seconds:.1f} s{rate} -> {printable(summary.out)}")
     if summary.errors:
-        print(f"{len(summary.errors)} bad inputs (kept in the index's error table; `dinov3kit info {summary.out}` lists them):")
+        print(f"{len(summary.errors)} bad inputs (kept in the index's error table; `dinov3kit info {printable(summary.out)}` lists them):")
         for error in summary.errors[:10]:
-            print(f"  {error['path']}: {error['error']}")
+            print(f"  {printable(error['path'])}: {printable(error['error'])}")
         if len(summary.errors) > 10:
             print(f"  ... and {len(summary.errors) - 10} more")
     return 0
@@ -173,7 +244,9 @@ def run_search(args) -> int:
 
     index = read_index(args.index, args.feature)
     needs_model = any(os.path.isfile(query) for query in args.queries)
-    embedder = _embedder(args, args.model or index.meta["model"], index.meta["resolution"]) if needs_model else None
+    if needs_model and not (args.model or index.meta.get("model")):
+        raise UsageError(f"{args.index}: does not record the model that made it; pass it with --model")
+    embedder = _embedder(args, args.model or index.meta["model"], index.meta.get("resolution", DEFAULT_RESOLUTION)) if needs_model else None
     results = search_index(
         index,
         args.queries,
@@ -183,19 +256,21 @@ def run_search(args) -> int:
         backend=args.backend,
         exclude_self=args.exclude_self,
         batch_size=args.batch_size,
+        allow_model_mismatch=args.allow_model_mismatch,
+        max_bytes=args.max_bytes,
     )
     if args.json:
         print(json.dumps([result.to_dict() for result in results], indent=2))
     else:
         for result in results:
-            print(f"query: {result.query}" + (f" (row {result.row})" if result.row is not None else ""))
+            print(f"query: {printable(result.query)}" + (f" (row {result.row})" if result.row is not None else ""))
             print(_table(["rank", "score", "row", "path"], [[h.rank, f"{h.score:.4f}", h.row, h.path] for h in result.hits]))
     if args.grid:
         from .tools.sheet import contact_sheet
 
         rows = [(r.image, [(h.path, f"#{h.rank}  {h.score:.3f}") for h in r.hits]) for r in results]
-        _save_png(contact_sheet(rows), args.grid)
-        print(f"contact sheet -> {args.grid}", file=sys.stderr if args.json else sys.stdout)
+        _save_png(contact_sheet(rows), args.grid, [args.index, *args.queries, *(h.path for r in results for h in r.hits)])
+        print(f"contact sheet -> {printable(args.grid)}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -204,8 +279,11 @@ def run_dedup(args) -> int:
     from .tools.dedup import find_duplicates
     from .tools.store import read_index
 
+    if not -1.0 <= args.threshold <= 1.0:
+        raise UsageError(f"--threshold is a cosine similarity from -1 to 1 (e.g. 0.95), got {args.threshold}")
     groups = find_duplicates(read_index(args.index, args.feature), args.threshold)
-    flat = [[g.group, m.row, f"{m.similarity:.4f}", m.path] for g in groups for m in g.members]
+    to_terminal = args.output is None
+    flat = [[g.group, m.row, f"{m.similarity:.4f}", printable(m.path) if to_terminal else m.path] for g in groups for m in g.members]
     if args.format == "json":
         text = json.dumps([group.to_dict() for group in groups], indent=2) + "\n"
     elif args.format == "csv":
@@ -219,8 +297,9 @@ def run_dedup(args) -> int:
         text = (_table(["group", "row", "similarity", "path"], flat) + "\n") if groups else ""
         text += f"{len(groups)} groups, {duplicates} images duplicating another (threshold {args.threshold})\n"
     if args.output:
-        args.output.write_text(text, encoding="utf-8")
-        print(f"{len(groups)} groups -> {args.output}")
+        with atomic_write(args.output, sources=[args.index]) as temporary:
+            temporary.write_text(text, encoding="utf-8", errors="surrogateescape")
+        print(f"{len(groups)} groups -> {printable(args.output)}")
     else:
         sys.stdout.write(text)
     return 0
@@ -232,14 +311,14 @@ def run_pca(args) -> int:
 
     if len(args.images) > 1 and args.output.suffix.lower() == ".png":
         raise UsageError(f"{len(args.images)} images give {len(args.images)} pictures: pass a folder as -o, not {args.output}")
-    pictures = pca_images(_embedder(args), args.images, foreground=args.mask)
+    pictures = pca_images(_embedder(args), args.images, foreground=args.mask, max_bytes=args.max_bytes)
     if len(args.images) == 1:
         targets = [args.output if args.output.suffix else args.output / f"{Path(args.images[0]).stem}_pca.png"]
     else:
         targets = [args.output / f"{Path(image).stem}_pca.png" for image in args.images]
     for picture, target in zip(pictures, targets):
-        _save_png(picture, target)
-        print(f"{picture.width}x{picture.height} -> {target}")
+        _save_png(picture, target, args.images)
+        print(f"{picture.width}x{picture.height} -> {printable(target)}")
     return 0
 
 
@@ -252,9 +331,9 @@ def run_similarity(args) -> int:
         point = ()
     if len(point) != 2:
         raise UsageError(f"--point must be X,Y in pixels, e.g. 120,80; got {args.point!r}")
-    picture, similarity = similarity_image(_embedder(args), args.image, point, args.ref)
-    _save_png(picture, args.output)
-    print(f"{picture.width}x{picture.height} -> {args.output} (similarity {similarity.min():.3f} .. {similarity.max():.3f})")
+    picture, similarity = similarity_image(_embedder(args), args.image, point, args.ref, max_bytes=args.max_bytes)
+    _save_png(picture, args.output, [args.image] + ([args.ref] if args.ref else []))
+    print(f"{picture.width}x{picture.height} -> {printable(args.output)} (similarity {similarity.min():.3f} .. {similarity.max():.3f})")
     return 0
 
 
@@ -263,7 +342,7 @@ def run_convert(args) -> int:
     from .tools.checkpoints import convert_checkpoint
 
     written = convert_checkpoint(args.source, args.destination)
-    print(f"{args.source} -> {written}")
+    print(f"{printable(args.source)} -> {printable(written)}")
     return 0
 
 
@@ -272,7 +351,7 @@ def run_export(args) -> int:
     from .tools.runtime import model_source
 
     result = export_pretrained(model_source(args.model), args.output, opset=args.opset or DEFAULT_OPSET, check=not args.no_check)
-    print(f"{args.model} -> {result.path}")
+    print(f"{printable(args.model)} -> {printable(result.path)}")
     for (batch, height, width), difference in result.max_differences.items():
         print(f"  onnxruntime vs torch at batch {batch}, {height}x{width}: max |difference| {difference:.2e}")
     return 0
@@ -297,25 +376,26 @@ def _index_info(path: Path, as_json: bool) -> int:
         return 0
     shown = {k: v for k, v in meta.items() if k != "errors"}
     print(_table(["key", "value"], list(shown.items()), header=False))
-    errors = meta.get("errors", [])
+    errors = [e for e in meta.get("errors", []) if isinstance(e, dict)]
     print(f"{len(errors)} bad inputs" + (":" if errors else ""))
     for error in errors:
-        print(f"  {error['path']}: {error['error']}")
+        print(f"  {printable(error.get('path'))}: {printable(error.get('error'))}")
     return 0
 
 
 # --- output helpers ----------------------------------------------------------------------------
 def _table(headers: list[str], rows: list[list], header: bool = True) -> str:
-    cells = [[str(value) for value in row] for row in rows]
+    cells = [[printable(value) for value in row] for row in rows]
     widths = [max([len(h) if header else 0] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
     lines = [headers] if header else []
     lines += cells
     return "\n".join("  ".join(value.ljust(width) for value, width in zip(line, widths)).rstrip() for line in lines)
 
 
-def _save_png(image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG")
+def _save_png(image, path: Path, sources: Sequence[str | os.PathLike] = ()) -> None:
+    """Write a picture atomically, refusing to write over one of the files it was made from."""
+    with atomic_write(path, sources=[s for s in sources if os.path.exists(s)]) as temporary:
+        image.save(temporary, format="PNG")
 
 
 if __name__ == "__main__":

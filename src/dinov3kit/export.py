@@ -13,12 +13,15 @@ import contextlib
 import importlib
 import logging
 import os
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .fileio import atomic_write, input_files, refuse_overwriting_sources
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAMES = ("last_hidden_state", "pooler_output")
@@ -63,13 +66,25 @@ def export_onnx(
 
     The model is exported in its own dtype (float32 is what onnxruntime runs on every CPU) and in eval
     mode (its mode is restored afterwards). The input is float32, cast inside the graph if need be. `external_data`: store the weights in `<path>.data`; by
-    default only for models past 1 GiB. `verbose`: print the exporter's progress.
+    default only for models past 1 GiB. `verbose`: print the exporter's progress. The files are written
+    in a folder beside `path` and renamed into place, so a failed export leaves what was there.
     """
     _check_exportable(model)
     for module in ("onnx", "onnxscript"):
         require(module)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as temporary, tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as staging:
+        staged = Path(staging) / path.name
+        _export_graph(model, staged, opset=opset, external_data=external_data, verbose=verbose)
+        for companion in Path(staging).iterdir():  # external weights, named after the graph
+            if companion != staged:
+                os.replace(companion, path.parent / companion.name)
+        os.replace(staged, temporary)
+    return path
+
+
+def _export_graph(model: nn.Module, path: Path, *, opset: int, external_data: bool | None, verbose: bool) -> None:
+    """`torch.onnx.export` of `FeatureGraph(model)` to `path` with every input size dynamic."""
     if external_data is None:
         external_data = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
     stride = model.config.patch_size
@@ -92,7 +107,6 @@ def export_onnx(
             external_data=external_data,
             verbose=verbose,
         )
-    return path
 
 
 @contextlib.contextmanager
@@ -126,12 +140,12 @@ def quantize_onnx(path: str | os.PathLike, output: str | os.PathLike) -> Path:
     fly by onnxruntime (its VNNI / AMX kernels make this the fast int8 path on x86 CPUs)."""
     quantization = require("onnxruntime.quantization")
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # it advises a shape-inference pre-pass, which our graphs do not need
     try:
-        quantization.quantize_dynamic(str(path), str(output), weight_type=quantization.QuantType.QInt8)
+        with atomic_write(output, sources=[path]) as temporary:
+            quantization.quantize_dynamic(str(path), str(temporary), weight_type=quantization.QuantType.QInt8)
     finally:
         root.setLevel(level)
     return output
@@ -188,6 +202,7 @@ def export_pretrained(
     in float32, write it to ONNX, and with `check` compare onnxruntime against torch at `CHECK_SHAPES`."""
     from .auto import AutoModel
 
+    refuse_overwriting_sources(path, input_files(source))
     model = AutoModel.from_pretrained(source, dtype=torch.float32)
     written = export_onnx(model, path, opset=opset, verbose=verbose)
     differences = onnx_max_differences(model, written, CHECK_SHAPES) if check else {}

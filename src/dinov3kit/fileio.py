@@ -9,6 +9,9 @@ into a writer: writing over a memory-mapped source destroys it.
 `OutputLock` lets one process at a time write an output. It is an advisory `flock` on `OUT.lock`, so
 the operating system releases it when its holder dies: a lock left by a killed run is taken over by
 the next run without any clean-up.
+
+`read_regular_file` is the reading side: it reads only regular files (a FIFO would block forever, a
+link to /dev/zero would never end) and at most `max_bytes` of them (default 256 MB, `DINOV3KIT_MAX_BYTES`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -27,6 +31,18 @@ except ImportError:  # Windows: locks become no-ops there (documented in OutputL
 
 PathLike = str | os.PathLike
 
+#: Bytes read from one input file at most, unless told otherwise (`--max-bytes`, `$DINOV3KIT_MAX_BYTES`).
+DEFAULT_MAX_BYTES = 256 * 2**20
+MAX_BYTES_ENV = "DINOV3KIT_MAX_BYTES"
+_SIZE_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "M": 2**20, "MB": 2**20, "G": 2**30, "GB": 2**30}
+_FILE_KINDS = {
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a folder",
+}
+
 
 class SameFileError(ValueError):
     """The destination of a write is one of its inputs."""
@@ -34,6 +50,83 @@ class SameFileError(ValueError):
 
 class OutputLockedError(RuntimeError):
     """Another process holds the output's lock."""
+
+
+class FileRefusedError(OSError):
+    """An input that is not read: not a regular file, or larger than the byte limit."""
+
+
+def parse_size(text: str | int) -> int:
+    """A byte count from `1000`, `64K`, `256MB`, `2G` (binary units); raises ValueError otherwise."""
+    if isinstance(text, int):
+        value = text
+    else:
+        number = str(text).strip().upper()
+        unit = number.lstrip("0123456789")
+        if not number[: len(number) - len(unit)] or unit not in _SIZE_UNITS:
+            raise ValueError(f"a size must be a whole number of bytes, optionally with K, M or G (e.g. 256M); got {text!r}")
+        value = int(number[: len(number) - len(unit)]) * _SIZE_UNITS[unit]
+    if value < 1:
+        raise ValueError(f"a size must be at least 1 byte, got {text!r}")
+    return value
+
+
+def default_max_bytes() -> int:
+    """The per-file byte limit: `$DINOV3KIT_MAX_BYTES` when set, else `DEFAULT_MAX_BYTES`."""
+    configured = os.environ.get(MAX_BYTES_ENV)
+    if not configured:
+        return DEFAULT_MAX_BYTES
+    try:
+        return parse_size(configured)
+    except ValueError as error:
+        raise ValueError(f"${MAX_BYTES_ENV}: {error}") from None
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    return _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def read_regular_file(path: PathLike, max_bytes: int | None = None) -> bytes:
+    """The bytes of `path`, refusing with `FileRefusedError` anything that is not a regular file (after
+    following symlinks) or that holds more than `max_bytes` (default `default_max_bytes()`).
+
+    The file is opened without blocking and checked on the open descriptor, so a FIFO never blocks and a
+    file swapped for something else between a check and the read is still caught.
+    """
+    limit = default_max_bytes() if max_bytes is None else max_bytes
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise FileRefusedError(f"{path}: {file_kind(status.st_mode)}, not a regular file; only regular files are read")
+        if status.st_size > limit:
+            raise FileRefusedError(_too_big(path, status.st_size, limit))
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(descriptor, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(descriptor)
+    if size > limit:
+        raise FileRefusedError(_too_big(path, size, limit))
+    return b"".join(chunks)
+
+
+def _too_big(path: PathLike, size: int, limit: int) -> str:
+    return f"{path}: {size} bytes, over the limit of {limit} bytes per file (raise it with --max-bytes or ${MAX_BYTES_ENV})"
+
+
+def input_files(source: PathLike) -> list[Path]:
+    """The local files an input consists of: the file itself, or the files directly in a folder (a
+    transformers checkpoint); nothing for a name that is not on disk (a hub id)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file())
+    return [path] if path.exists() else []
 
 
 def same_file(a: PathLike, b: PathLike) -> bool:
@@ -48,12 +141,18 @@ def same_file(a: PathLike, b: PathLike) -> bool:
 
 
 def refuse_overwriting_sources(destination: PathLike, sources: Iterable[PathLike]) -> None:
-    """Raise `SameFileError` if `destination` is any of `sources` (path, symlink or hard link)."""
+    """Raise `SameFileError` if `destination` is any of `sources` (path, symlink or hard link), or, for
+    a folder destination, holds one of them (by path or as a hard link of a file in it)."""
+    destination = Path(destination)
+    sources = [Path(source) for source in sources]
+    written = sorted(p for p in destination.iterdir() if p.is_file()) if destination.is_dir() else []
     for source in sources:
-        if same_file(destination, source):
+        inside = source.resolve().is_relative_to(destination.resolve())
+        if same_file(destination, source) or inside or any(same_file(file, source) for file in written):
             raise SameFileError(
-                f"{destination}: refusing to write over the input {source} (it is the same file); "
-                "write to another path and rename it afterwards"
+                f"{destination}: refusing to write over the input {source} ("
+                + ("it is the same file" if not inside else "it is inside the destination")
+                + "); write to another path and rename it afterwards"
             )
 
 

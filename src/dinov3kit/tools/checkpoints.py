@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..fileio import atomic_write, input_files, refuse_overwriting_sources
 from ..processing import processor_for_model
 from ..variants import NORMALIZATION, find_vit_variant
 from ..weights import save_meta_checkpoint
@@ -17,13 +18,25 @@ META_SUFFIXES = (".pth", ".pt")
 
 def convert_checkpoint(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
     """Write the checkpoint `source` (hub id, folder or .pth) to `destination`: a Meta `.pth` file when
-    its name ends in .pth/.pt, else a transformers folder. Weights keep their stored dtype."""
+    its name ends in .pth/.pt, else a transformers folder. Weights keep their stored dtype.
+
+    A destination that is the source, or holds one of its files (same path, symlink or hard link), is
+    refused (`dinov3kit.fileio.SameFileError`) before anything is read: the source is memory-mapped
+    while the destination is written. A `.pth` is written beside its name and renamed into place."""
     destination = Path(destination)
-    model = load_model(model_source(source), torch.device("cpu"), None)
+    source = model_source(source)
+    sources = input_files(source)
+    refuse_overwriting_sources(destination, sources)
     if destination.suffix in META_SUFFIXES:
-        return save_meta_checkpoint(model, destination)
+        if destination.is_dir():
+            raise ValueError(f"{destination}: a folder; name the .pth file to write, or a folder without a .pth suffix")
+        model = load_model(source, torch.device("cpu"), None)
+        with atomic_write(destination, sources=sources) as temporary:
+            save_meta_checkpoint(model, temporary)
+        return destination
     if destination.exists() and not destination.is_dir():
         raise ValueError(f"{destination}: exists and is not a folder; a transformers checkpoint is a folder (or name a .pth file)")
+    model = load_model(source, torch.device("cpu"), None)
     return model.save_pretrained(destination)
 
 

@@ -10,8 +10,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..images import load_image
 from .runtime import Embedder
+from .sources import load_image_file
+
+#: Pixels of a dense picture at most (the model input: shortest side at the resolution, aspect kept);
+#: bounds the memory of pca and similarity (a 1200x3 image at 768 would need a 307200x768 input).
+MAX_PICTURE_PIXELS = 1 << 23
 
 
 @dataclass
@@ -38,9 +42,20 @@ class DenseMap:
         return min(rows - 1, int(y / self.image.height * rows)), min(cols - 1, int(x / self.image.width * cols))
 
 
-def dense_map(embedder: Embedder, image: str | os.PathLike | Image.Image) -> DenseMap:
-    """Patch features of `image`, keeping its aspect ratio, shortest side at the embedder's resolution."""
-    image = image if isinstance(image, Image.Image) else load_image(image)
+def dense_map(embedder: Embedder, image: str | os.PathLike | Image.Image, max_bytes: int | None = None) -> DenseMap:
+    """Patch features of `image`, keeping its aspect ratio, shortest side at the embedder's resolution.
+
+    Refuses (ValueError) an image whose model input would exceed `MAX_PICTURE_PIXELS` (a very long,
+    thin image) before anything large is allocated."""
+    name = getattr(image, "filename", None) or "the image" if isinstance(image, Image.Image) else str(image)
+    image = load_image_file(image, max_bytes)
+    height, width = embedder.dense_processor.output_size(image.height, image.width)
+    if height * width > MAX_PICTURE_PIXELS:
+        raise ValueError(
+            f"{name}: {image.width}x{image.height} pixels at resolution {embedder.resolution} would be a {width}x{height} "
+            f"picture ({height * width / 1e6:.0f} megapixels), over the limit of {MAX_PICTURE_PIXELS / 1e6:.1f}; "
+            "crop the image or use a lower --resolution"
+        )
     pixels = embedder.preprocess_dense(image)
     features = embedder(pixels).patches[0].cpu()
     return DenseMap(image, features, (pixels.shape[-1], pixels.shape[-2]))

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..fileio import OutputLock, refuse_overwriting_sources
 from ..images import ImageLoadError, load_image
 from .deps import require
 from .runtime import DEFAULT_RESOLUTION, Embedder, feature_dim, model_source
-from .sources import collect_images
-from .store import IndexWriter, index_schema, rows_table
+from .sources import collect_images, read_image_bytes
+from .store import IndexWriter, index_schema, read_meta, rows_table
 
 #: Seconds after which a chunk is committed even if it is not full, so a slow run loses little when killed.
 COMMIT_INTERVAL_S = 60.0
@@ -66,8 +67,8 @@ class _Item:
 class _ImageFiles(Dataset):
     """Reads, hashes, decodes and preprocesses one image per item (runs in DataLoader workers)."""
 
-    def __init__(self, paths: Sequence[str], embedder: Embedder) -> None:
-        self.paths, self.processor = list(paths), embedder.processor
+    def __init__(self, paths: Sequence[str], embedder: Embedder, max_bytes: int | None = None) -> None:
+        self.paths, self.processor, self.max_bytes = list(paths), embedder.processor, max_bytes
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -75,13 +76,11 @@ class _ImageFiles(Dataset):
     def __getitem__(self, index: int) -> _Item:
         path = self.paths[index]
         try:
-            data = Path(path).read_bytes()
+            data = read_image_bytes(path, self.max_bytes)
             image = load_image(data)
             pixels = self.processor(image, return_tensors="pt")["pixel_values"][0]
         except ImageLoadError as error:
             return _Item(path, error=error.reason)
-        except FileNotFoundError:
-            return _Item(path, error="no such file")
         except OSError as error:
             return _Item(path, error=f"cannot read the file ({error.strerror or error})")
         except ValueError as error:
@@ -124,22 +123,50 @@ def embed_images(
     overwrite: bool = False,
     strict: bool = False,
     progress: bool = True,
+    max_bytes: int | None = None,
+    allow_model_mismatch: bool = False,
 ) -> EmbedSummary:
     """Embed the images named by `sources` into the Parquet index `out` and return a summary.
 
     An existing `out` (or an interrupted run's chunks) is resumed: images already in it are skipped,
-    unless `overwrite`. Bad images are recorded in the index's error table; `strict` raises
-    `BadImageError` at the first one instead (after committing the rows done so far).
+    unless `overwrite`; rows of another model are refused unless `allow_model_mismatch` (another width
+    always is). Bad images (including files over `max_bytes`, default 256 MB, and special files) are
+    recorded in the index's error table; `strict` raises `BadImageError` at the first one instead (after
+    committing the rows done so far). The run holds a lock on `out`: a second run on it is refused with
+    `dinov3kit.fileio.OutputLockedError`.
     """
     if batch_size < 1 or chunk_size < 1:
         raise ValueError(f"batch_size and chunk_size must be positive, got {batch_size} and {chunk_size}")
+    if workers is not None and workers < 0:
+        raise ValueError(f"workers must be 0 or more, got {workers}")
     start = time.perf_counter()
     paths = [str(p) for p in collect_images(sources)]
     if not paths:
         raise ValueError("the sources name no images")
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"{out}: a folder; -o names the index file to write (e.g. {out / 'index.parquet'})")
+    refuse_overwriting_sources(out, paths)
+    if overwrite and out.exists() and out.suffix.lower() != ".parquet":
+        read_meta(out)  # --overwrite replaces an index, never another kind of file
+    with OutputLock(out, "dinov3kit embed"):
+        return _embed_locked(
+            paths, out, start, model=model, embedder=embedder, device=device, dtype=dtype, resolution=resolution,
+            batch_size=batch_size, workers=workers, patches=patches, chunk_size=chunk_size, overwrite=overwrite,
+            strict=strict, progress=progress, max_bytes=max_bytes, allow_model_mismatch=allow_model_mismatch,
+        )
+
+
+def _embed_locked(
+    paths: list[str], out: Path, start: float, *, model, embedder: Embedder | None, device, dtype, resolution: int,
+    batch_size: int, workers: int | None, patches: bool, chunk_size: int, overwrite: bool, strict: bool,
+    progress: bool, max_bytes: int | None, allow_model_mismatch: bool,
+) -> EmbedSummary:
+    """`embed_images` once the output's lock is held."""
     source = embedder.source if embedder is not None else model_source(model)
     resolution = embedder.resolution if embedder is not None else resolution
-    writer = IndexWriter(out, {"model": source, "resolution": resolution, "patches": patches}, overwrite=overwrite)
+    run = {"model": source, "resolution": resolution, "patches": patches}
+    writer = IndexWriter(out, run, overwrite=overwrite, allow_model_mismatch=allow_model_mismatch)
     todo = [p for p in paths if p not in writer.done]
     skipped = len(paths) - len(todo)
     if not todo:
@@ -147,9 +174,10 @@ def embed_images(
         return EmbedSummary(Path(out), len(paths), 0, skipped, 0, time.perf_counter() - start, errors=_errors_of(meta, paths))
 
     embedder = embedder or Embedder.load(source, device=device, dtype=dtype, resolution=resolution)
+    writer.check_model(embedder.describe())
     workers = default_workers(embedder.device) if workers is None else workers
     loader = DataLoader(
-        _ImageFiles(todo, embedder),
+        _ImageFiles(todo, embedder, max_bytes),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,

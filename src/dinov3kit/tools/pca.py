@@ -65,11 +65,13 @@ def pca_images(
     images: Sequence[str | os.PathLike | Image.Image],
     *,
     foreground: bool = False,
+    max_bytes: int | None = None,
 ) -> list[Image.Image]:
-    """The PCA picture of each image at the model input size (shortest side = the embedder's resolution)."""
+    """The PCA picture of each image at the model input size (shortest side = the embedder's resolution);
+    files are read within `max_bytes` and pictures within `dense.MAX_PICTURE_PIXELS`."""
     if not images:
         raise ValueError("pca needs at least one image")
-    maps = [dense_map(embedder, image) for image in images]
+    maps = [dense_map(embedder, image, max_bytes) for image in images]
     masks = foreground_masks(maps) if foreground else None
     return [
         to_image(upsample(rgb, m.size) if masks is None else _sharp_mask(rgb, mask, m.size))

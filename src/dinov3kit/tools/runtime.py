@@ -6,7 +6,10 @@ features with the normalisation the checkpoint was trained with.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +21,11 @@ from ..weights.errors import CheckpointError
 DEFAULT_MODEL = "facebook/dinov3-vits16-pretrain-lvd1689m"
 MODEL_ENV = "DINOV3KIT_MODEL"
 DEFAULT_RESOLUTION = 224
+#: A hub repository id: owner/name, letters, digits, '-', '_' and '.'.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+LOCAL_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".json")
+#: Weights sampled per tensor for the index's record of its model (see `model_fingerprint`).
+SAMPLES_PER_TENSOR = 2
 
 
 def model_source(model: str | os.PathLike | None = None) -> str:
@@ -54,16 +62,29 @@ class ModelUnavailableError(CheckpointError):
     """No weights could be loaded for the requested model; the message says how to get them."""
 
 
+def is_hub_id(source: str) -> bool:
+    """Whether `source` names a hub repository ("owner/name") rather than a local file or folder."""
+    return bool(_HUB_ID.fullmatch(source)) and not os.path.exists(source) and not source.endswith(LOCAL_SUFFIXES)
+
+
 def how_to_get_weights(source: str) -> str:
-    """What to do when a checkpoint cannot be had (DINOv3 weights on the hub are gated)."""
+    """What to do when a checkpoint cannot be had: for hub ids, that DINOv3 weights are gated and how to
+    get access; for local paths, what a checkpoint on disk looks like."""
+    local = (
+        "pass --model /path/to/folder (config.json + model.safetensors, as transformers saves it) or "
+        "--model /path/to/dinov3_vits16_pretrain_lvd1689m.pth (Meta's file), "
+        f"or set {MODEL_ENV} to either."
+    )
+    if not is_hub_id(source):
+        return (
+            f"No weights were loaded from {source!r}, and dinov3kit never substitutes random weights.\n"
+            f"Check the path: {local}"
+        )
     return (
         f"No weights were loaded for {source!r}, and dinov3kit never substitutes random weights.\n"
-        "DINOv3 weights on the Hugging Face hub are gated: request access at "
-        f"https://huggingface.co/{source if '/' in source and not os.path.exists(source) else DEFAULT_MODEL} "
+        f"DINOv3 weights on the Hugging Face hub are gated: request access at https://huggingface.co/{source} "
         "(accept the DINOv3 license), then log in with `hf auth login` or set HF_TOKEN.\n"
-        "Or use a checkpoint you already have: pass --model /path/to/folder (config.json + model.safetensors, "
-        "as transformers saves it) or --model /path/to/dinov3_vits16_pretrain_lvd1689m.pth (Meta's file), "
-        f"or set {MODEL_ENV} to either."
+        f"Or use a checkpoint you already have: {local}"
     )
 
 
@@ -159,8 +180,11 @@ class Embedder:
         return grid
 
     def describe(self) -> dict:
-        """What an index records about the model, so that queries are embedded the same way."""
+        """What an index records about the model, so that queries are embedded the same way and by the
+        same weights (`model_digest`, `weight_sample`: see `model_fingerprint`)."""
         config = self.model.config
+        if not hasattr(self, "_fingerprint"):
+            self._fingerprint = model_fingerprint(self.model)
         return {
             "model": self.source,
             "model_type": config.model_type,
@@ -168,6 +192,26 @@ class Embedder:
             "dtype": str(self.dtype).removeprefix("torch."),
             "image_mean": list(self.processor.image_mean),
             "image_std": list(self.processor.image_std),
+            "dim": feature_dim(config),
+            **self._fingerprint,
         }
+
+
+def model_fingerprint(model) -> dict:
+    """What identifies a model's weights whatever their dtype or device: `model_digest`, a SHA-256 of its
+    config (without dtype) and of its tensors' names and shapes, and `weight_sample`, a few weights of
+    every tensor (compared with a tolerance, since bf16 and fp32 copies of one checkpoint differ a little).
+    Cheap: it reads `SAMPLES_PER_TENSOR` values per tensor, not the weights."""
+    config = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(vars(model.config))
+    config = {k: v for k, v in config.items() if "dtype" not in k and not k.startswith("_")}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    sample: list[float] = []
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)};".encode())
+        if tensor.is_floating_point() and tensor.numel() and tensor.device.type != "meta":
+            flat = tensor.detach().reshape(-1)
+            positions = [(flat.numel() * (i + 1)) // (SAMPLES_PER_TENSOR + 1) for i in range(SAMPLES_PER_TENSOR)]
+            sample += [round(float(flat[p]), 7) for p in positions]
+    return {"model_digest": digest.hexdigest(), "weight_sample": sample}
 
 

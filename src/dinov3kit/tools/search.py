@@ -9,10 +9,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..images import load_image
 from .deps import require
 from .runtime import Embedder
-from .store import Index
+from .sources import load_image_file
+from .store import Index, check_same_model
 
 #: Index rows scored at once by the exact search (bounds memory for large indexes).
 BLOCK_ROWS = 65536
@@ -45,20 +45,29 @@ def parse_queries(queries: Sequence[str], index: Index) -> list[str | int]:
     for query in queries:
         if os.path.isfile(query):
             parsed.append(os.path.abspath(query))
-        elif query.lstrip("-").isdigit():
+        elif query.strip().lstrip("+-").isdigit():
             row = int(query)
-            if not -len(index.paths) <= row < len(index.paths):
-                raise ValueError(f"row {row} is out of range: the index has {len(index.paths)} rows")
-            parsed.append(row % len(index.paths))
+            if not 0 <= row < len(index.paths):
+                rows = f"row ids are 0..{len(index.paths) - 1}" if index.paths else "the index has no rows"
+                raise ValueError(f"row {row} is out of range: {rows}")
+            parsed.append(row)
         else:
             raise ValueError(f"{query}: neither an image file nor a row id of the index")
     return parsed
 
 
 def query_vectors(
-    queries: Sequence[str | int], index: Index, embedder: Embedder | None, feature: str, batch_size: int = 32
+    queries: Sequence[str | int],
+    index: Index,
+    embedder: Embedder | None,
+    feature: str,
+    batch_size: int = 32,
+    *,
+    allow_model_mismatch: bool = False,
+    max_bytes: int | None = None,
 ) -> np.ndarray:
-    """Unit-length vectors of the queries: rows are read from the index, images embedded with its model."""
+    """Unit-length vectors of the queries: rows are read from the index, images embedded with its model
+    (another model is refused unless `allow_model_mismatch`, another width always is)."""
     vectors = np.zeros((len(queries), index.vectors.shape[1]), dtype=np.float32)
     images = [(i, q) for i, q in enumerate(queries) if isinstance(q, str)]
     for i, q in enumerate(queries):
@@ -66,9 +75,12 @@ def query_vectors(
             vectors[i] = index.vectors[q]
     if images and embedder is None:
         raise ValueError("image queries need a model to embed them")
+    if images:
+        meta = {"dim": index.vectors.shape[1], **index.meta}
+        check_same_model(index.path, meta, embedder.describe(), allow_mismatch=allow_model_mismatch)
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
-        pixels = torch.stack([embedder.preprocess(load_image(path)) for _, path in batch])
+        pixels = torch.stack([embedder.preprocess(load_image_file(path, max_bytes)) for _, path in batch])
         features = getattr(embedder(pixels), feature).cpu().numpy()
         features /= np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
         for (i, _), vector in zip(batch, features):
@@ -111,10 +123,13 @@ def search_index(
     backend: str = "torch",
     exclude_self: bool = False,
     batch_size: int = 32,
+    allow_model_mismatch: bool = False,
+    max_bytes: int | None = None,
 ) -> list[QueryResult]:
-    """The `k` nearest rows of `index` for each query (an image path or a row id), best first.
+    """The `k` nearest rows of `index` for each query (an image path or a row id 0..N-1), best first.
 
-    `exclude_self` leaves a row-id query out of its own results.
+    `exclude_self` leaves a row-id query out of its own results. Image queries are embedded by
+    `embedder`, which must be the index's model unless `allow_model_mismatch` (see `check_same_model`).
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -123,7 +138,10 @@ def search_index(
     parsed = parse_queries(queries, index)
     wanted = k + (1 if exclude_self else 0)
     top_k = faiss_top_k if backend == "faiss" else exact_top_k
-    scores, rows = top_k(index.vectors, query_vectors(parsed, index, embedder, feature, batch_size), wanted)
+    if not index.paths:
+        raise ValueError(f"{index.path}: the index has no rows to search")
+    vectors = query_vectors(parsed, index, embedder, feature, batch_size, allow_model_mismatch=allow_model_mismatch, max_bytes=max_bytes)
+    scores, rows = top_k(index.vectors, vectors, wanted)
     results = []
     for given, query, query_scores, query_rows in zip(queries, parsed, scores, rows):
         hits = [(int(r), float(s)) for r, s in zip(query_rows, query_scores) if not (exclude_self and r == query)]

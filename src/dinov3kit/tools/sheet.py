@@ -6,7 +6,8 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..images import ImageLoadError, load_image
+from ..images import ImageLoadError
+from .sources import load_image_file
 
 PAD = 8
 CAPTION = 22
@@ -18,7 +19,7 @@ def thumbnail(path: str, size: int) -> Image.Image:
     """`path` fitted into a `size` square (aspect kept, padded), or a grey tile saying it is unreadable."""
     tile = Image.new("RGB", (size, size), (225, 225, 225))
     try:
-        image = load_image(path)
+        image = load_image_file(path)
     except (ImageLoadError, OSError) as error:
         ImageDraw.Draw(tile).text((PAD, size // 2), f"unreadable\n{type(error).__name__}", fill="black", font=_font(12))
         return tile

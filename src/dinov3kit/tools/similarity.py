@@ -54,15 +54,17 @@ def similarity_image(
     image: str | os.PathLike | Image.Image,
     point: tuple[float, float],
     ref: str | os.PathLike | Image.Image | None = None,
+    max_bytes: int | None = None,
 ) -> tuple[Image.Image, np.ndarray]:
     """Heat map of the patch under `point` (x, y in pixels of `image`) against `ref` (default: `image`).
 
     Returns the picture (the marked query image beside the heat map when `ref` is another image, else
-    the heat map over `image` with the point marked) and the [h, w] cosine similarities.
+    the heat map over `image` with the point marked) and the [h, w] cosine similarities. Files are read
+    within `max_bytes`, pictures within `dense.MAX_PICTURE_PIXELS`.
     """
-    source = dense_map(embedder, image)
+    source = dense_map(embedder, image, max_bytes)
     row, col = source.cell_of(*point)
-    target = dense_map(embedder, ref) if ref is not None else source
+    target = dense_map(embedder, ref, max_bytes) if ref is not None else source
     similarity = cosine_map(source.features[row, col], target)
     scale_x, scale_y = source.size[0] / source.image.width, source.size[1] / source.image.height
     marked_xy = (point[0] * scale_x, point[1] * scale_y)

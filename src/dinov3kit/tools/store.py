@@ -9,6 +9,11 @@ While a run is going, finished chunks are committed to `OUT.partial/` (each chun
 written under a temporary name and renamed, an atomic step). At the end the chunks are merged with the
 rows already in `OUT` into a new file that replaces `OUT` atomically. A killed run therefore leaves `OUT`
 as it was (valid or absent) and every committed chunk intact; resuming merges them and skips their images.
+Readers open `OUT` once, so while a run goes on they see the last complete index.
+
+The metadata also records which model made the rows (`model_digest`: its config and tensor shapes,
+`weight_sample`: a few of its weights, compared with a tolerance so that another dtype of the same
+checkpoint matches), so that queries and resumed runs embedded by another model are refused.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..fileio import atomic_write
 from .deps import require
 
 pa = require("pyarrow")
@@ -36,6 +43,64 @@ RESUME_KEYS = ("model", "resolution", "patches")
 
 class IndexFileError(ValueError):
     """An index file is missing, unreadable, incomplete or incompatible with the requested run."""
+
+
+class ModelMismatchError(IndexFileError):
+    """An index was made by another model (or preprocessing) than the one given to search or extend it."""
+
+
+#: Preprocessing that must match for vectors to be comparable.
+PREPROCESSING_KEYS = ("resolution", "image_mean", "image_std")
+#: Relative tolerance of the weight sample (another dtype of the same checkpoint stays within it).
+WEIGHT_SAMPLE_RTOL = 2e-2
+
+
+def _short(error: Exception) -> str:
+    """The first line of a (pyarrow) error, shortened: its schema dumps are of no use to a user."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def check_same_model(path: Path, meta: dict, run: dict, *, allow_mismatch: bool = False) -> None:
+    """Refuse (`ModelMismatchError`) to mix vectors of the index `path` (its metadata `meta`) with those of
+    the model described by `run` (`Embedder.describe()`): another width always, another model or
+    preprocessing unless `allow_mismatch`. An index from before model digests only gets a warning."""
+    if meta.get("dim") is not None and run.get("dim") is not None and meta["dim"] != run["dim"]:
+        raise ModelMismatchError(
+            f"{path}: holds {meta['dim']}-wide vectors from {meta.get('model')}, but {run.get('model')} makes "
+            f"{run['dim']}-wide ones; they cannot be compared (use the index's model, or another index)"
+        )
+    if allow_mismatch:
+        return
+    if "model_digest" not in meta:
+        warnings.warn(
+            f"{path}: made before dinov3kit recorded model digests; cannot check that {run.get('model')} is the model "
+            "that made it (re-embed to record it)",
+            stacklevel=2,
+        )
+        return
+    different = [key for key in PREPROCESSING_KEYS if key in meta and _differs(meta[key], run.get(key))]
+    if meta["model_digest"] != run.get("model_digest") or not _weights_match(meta.get("weight_sample"), run.get("weight_sample")):
+        different.insert(0, "weights or config")
+    if different:
+        raise ModelMismatchError(
+            f"{path}: was made by {meta.get('model')}, and {run.get('model')} differs in its {', '.join(different)}; "
+            "its vectors would not be comparable. Pass the index's model (--model), or --allow-model-mismatch "
+            "to compare them anyway"
+        )
+
+
+def _differs(a: Any, b: Any) -> bool:
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return not np.allclose(a, b, rtol=1e-6, atol=1e-6)
+    return a != b
+
+
+def _weights_match(a: list[float] | None, b: list[float] | None) -> bool:
+    if a is None or b is None or len(a) != len(b):
+        return a == b
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return bool(np.all(np.abs(a - b) <= WEIGHT_SAMPLE_RTOL * np.maximum(np.abs(a), np.abs(b)) + 1e-4))
 
 
 def partial_dir(out: Path) -> Path:
@@ -73,20 +138,29 @@ def rows_table(schema, columns: dict[str, Any]):
 def read_meta(path: Path) -> dict:
     """The `dinov3kit` metadata of an index file (model, resolution, errors, ...)."""
     try:
-        metadata = pq.read_metadata(path).metadata or {}
-    except (OSError, ValueError) as error:
-        raise IndexFileError(f"{path}: not a readable Parquet file ({error})") from error
+        return _meta_of(pq.read_metadata(path), path)
+    except (OSError, ValueError, pa.ArrowException) as error:
+        if isinstance(error, IndexFileError):
+            raise
+        raise IndexFileError(f"{path}: not a readable Parquet index ({_short(error)})") from None
+
+
+def _meta_of(file_metadata, path: Path) -> dict:
+    metadata = file_metadata.metadata or {}
     if META_KEY not in metadata:
         raise IndexFileError(f"{path}: not a dinov3kit index (no {META_KEY.decode()} metadata); make one with `dinov3kit embed`")
-    return json.loads(metadata[META_KEY])
+    try:
+        meta = json.loads(metadata[META_KEY])
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or not isinstance(meta.get("errors", []), list):
+        raise IndexFileError(f"{path}: its dinov3kit metadata is corrupt; make the index again with `dinov3kit embed --overwrite`")
+    return meta
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with atomic_write(path) as temporary:
+        write(temporary)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -96,13 +170,14 @@ def _write_json(path: Path, data: Any) -> None:
 class IndexWriter:
     """Adds rows to the index `out`, committing chunks atomically and merging them at `finish`."""
 
-    def __init__(self, out: str | os.PathLike, run: dict, *, overwrite: bool = False) -> None:
+    def __init__(self, out: str | os.PathLike, run: dict, *, overwrite: bool = False, allow_model_mismatch: bool = False) -> None:
         self.out = Path(out)
         self.parts = partial_dir(self.out)
-        self.run, self.overwrite = run, overwrite
+        self.run, self.overwrite, self.allow_model_mismatch = dict(run), overwrite, allow_model_mismatch
         previous = None if overwrite else self._previous_run()
         if previous is not None:
             self._check_compatible(previous, run)
+        self.previous = previous
         self.resumed = previous is not None
         self.done = set() if overwrite else self._done_paths()
         self._prepared = False
@@ -131,8 +206,22 @@ class IndexWriter:
             return json.loads((self.parts / "run.json").read_text(encoding="utf-8"))
         return None
 
+    def check_model(self, description: dict) -> None:
+        """Refuse to add rows of the model described by `description` (`Embedder.describe()`) to rows of
+        another (see `check_same_model`); the run records the model for the next resume."""
+        if self.previous is not None:
+            previous = dict(self.previous)
+            previous.setdefault("dim", self._previous_dim())
+            check_same_model(self.out, previous, description, allow_mismatch=self.allow_model_mismatch)
+        self.run.update({key: description[key] for key in ("dim", "model_digest", "weight_sample", *PREPROCESSING_KEYS) if key in description})
+
+    def _previous_dim(self) -> int | None:
+        files = ([self.out] if self.out.exists() else []) + self._chunk_files()
+        return pq.read_schema(files[0]).field("cls").type.list_size if files else None
+
     def _check_compatible(self, previous: dict, run: dict) -> None:
-        different = [f"{key} {previous.get(key)!r} (now {run.get(key)!r})" for key in RESUME_KEYS if previous.get(key) != run.get(key)]
+        keys = [key for key in RESUME_KEYS if not (key == "model" and self.allow_model_mismatch)]
+        different = [f"{key} {previous.get(key)!r} (now {run.get(key)!r})" for key in keys if previous.get(key) != run.get(key)]
         if different:
             raise IndexFileError(
                 f"{self.out}: was made with {', '.join(different)}; pass the same options to add to it, "
@@ -144,7 +233,15 @@ class IndexWriter:
 
     def _done_paths(self) -> set[str]:
         files = ([self.out] if self.out.exists() else []) + self._chunk_files()
-        return {path for file in files for path in pq.read_table(file, columns=["path"]).column("path").to_pylist()}
+        done = set()
+        for file in files:
+            try:
+                done.update(pq.read_table(file, columns=["path"]).column("path").to_pylist())
+            except (OSError, ValueError, pa.ArrowException) as error:
+                raise IndexFileError(
+                    f"{file}: not a readable Parquet file ({_short(error)}); move it away, or pass --overwrite to start {self.out} over"
+                ) from None
+        return done
 
     def commit(self, table, errors: list[dict[str, str]]) -> None:
         """Commit one chunk: its rows (a table, or None) and its bad inputs [{"path", "error"}]."""
@@ -214,7 +311,9 @@ class Index:
 
 
 def read_index(path: str | os.PathLike, feature: str = "cls") -> Index:
-    """Load an index made by `embed` with the chosen feature ("cls" or "mean_patch") normalised."""
+    """Load an index made by `embed` with the chosen feature ("cls" or "mean_patch") normalised.
+
+    The file is opened once, so a run replacing it meanwhile does not mix two versions."""
     path = Path(path)
     if not path.exists():
         hint = (
@@ -225,9 +324,23 @@ def read_index(path: str | os.PathLike, feature: str = "cls") -> Index:
         raise IndexFileError(f"{path}: no such index{hint}")
     if feature not in VECTOR_COLUMNS:
         raise ValueError(f"feature must be one of {VECTOR_COLUMNS}, got {feature!r}")
-    meta = read_meta(path)
-    table = pq.read_table(path, columns=["path", feature])
-    column = table.column(feature).combine_chunks()
-    vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, column.type.list_size)
+    try:
+        with open(path, "rb") as handle:
+            file = pq.ParquetFile(handle)
+            meta = _meta_of(file.metadata, path)
+            table = file.read(columns=["path", feature])
+        column = table.column(feature).combine_chunks()
+        if not isinstance(column.type, pa.FixedSizeListType) or column.null_count or table.column("path").null_count:
+            raise IndexFileError(f"{path}: its {feature} column is not a column of vectors; make the index again")
+        vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, column.type.list_size)
+        paths = table.column("path").to_pylist()
+    except IsADirectoryError:
+        raise IndexFileError(f"{path}: a folder, not an index file") from None
+    except (OSError, ValueError, KeyError, pa.ArrowException) as error:
+        if isinstance(error, IndexFileError):
+            raise
+        raise IndexFileError(f"{path}: corrupt or unreadable index ({_short(error)}); make it again with `dinov3kit embed`") from None
+    if not np.isfinite(vectors).all():
+        raise IndexFileError(f"{path}: its {feature} vectors hold NaN or infinite values (a corrupt index); make it again")
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return Index(path, meta, table.column("path").to_pylist(), (vectors / np.maximum(norms, 1e-12)).astype(np.float32))
+    return Index(path, meta, paths, (vectors / np.maximum(norms, 1e-12)).astype(np.float32))
