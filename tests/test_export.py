@@ -103,3 +103,29 @@ def test_quantized_models_are_refused(tmp_path):
     model = DINOv3ViTModel(DINOv3ViTConfig(num_hidden_layers=1, **VITS["plain"]))
     with pytest.raises(TypeError, match="quantized"):
         export_onnx(quantize(model, "int8"), tmp_path / "q.onnx")
+
+
+def test_export_replaces_its_file_atomically_and_never_writes_over_its_source(tmp_path, monkeypatch):
+    from dinov3kit.fileio import SameFileError
+
+    model = randomize_(DINOv3ViTModel(DINOv3ViTConfig(num_hidden_layers=1, **VITS["plain"])))
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"previous")
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.onnx, "export", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("exporter failed")))
+        with pytest.raises(RuntimeError, match="exporter failed"):
+            export_onnx(model, target)
+    assert target.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+    model.save_pretrained(tmp_path / "hf")
+    for source, destination in ((tmp_path / "hf", tmp_path / "hf" / "model.safetensors"), (tmp_path / "hf" / "config.json", tmp_path / "hf")):
+        with pytest.raises(SameFileError, match="refusing to write over the input"):
+            export_pretrained(source, destination)
+
+
+@pytest.mark.slow
+def test_external_weights_are_named_after_the_final_graph(tmp_path):
+    model = randomize_(DINOv3ViTModel(DINOv3ViTConfig(num_hidden_layers=1, **VITS["plain"])))
+    target = tmp_path / "model.onnx"
+    export_onnx(model, target, external_data=True)  # written in a staging folder, then renamed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert max(onnx_max_differences(model, target, [(1, 32, 48)]).values()) <= ATOL

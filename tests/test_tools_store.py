@@ -201,3 +201,22 @@ def test_readers_see_the_last_complete_index_while_it_is_replaced(tmp_path):
         assert pq.read_table(held).column("path").to_pylist() == ["a", "b"]
     assert read_index(out).paths == ["a", "b", "c"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.parquet"]  # no temporary left behind
+
+
+def test_a_killed_overwrite_keeps_the_old_index_until_the_new_one_is_complete(tmp_path):
+    out = tmp_path / "index.parquet"
+    first = IndexWriter(out, RUN)
+    first.commit(rows(["a", "b"]), [])
+    first.finish(RUN)
+    killed = IndexWriter(out, RUN, overwrite=True)
+    killed.commit(rows(["c"]), [])  # killed here
+    assert stored_paths(out) == ["a", "b"]
+    resumed = IndexWriter(out, RUN)  # the same command without --overwrite goes on replacing
+    assert resumed.done == {"c"}
+    resumed.commit(rows(["d"], seed=2), [])
+    resumed.finish(RUN)
+    assert stored_paths(out) == ["c", "d"]
+    (partial_dir(out)).mkdir()
+    (partial_dir(out) / "run.json").write_text("{not json")
+    with pytest.raises(IndexFileError, match="run.json: unreadable.*--overwrite"):
+        IndexWriter(out, RUN)

@@ -174,6 +174,9 @@ class IndexWriter:
         self.out = Path(out)
         self.parts = partial_dir(self.out)
         self.run, self.overwrite, self.allow_model_mismatch = dict(run), overwrite, allow_model_mismatch
+        #: This run (or the unfinished one it resumes) replaces `out` rather than adding to it; `out` is
+        #: kept until the new index is renamed over it, so a killed --overwrite run loses nothing.
+        self.replacing = overwrite or self._unfinished_overwrite()
         previous = None if overwrite else self._previous_run()
         if previous is not None:
             self._check_compatible(previous, run)
@@ -188,22 +191,41 @@ class IndexWriter:
         if self._prepared:
             return
         if self.overwrite:
-            self.out.unlink(missing_ok=True)
             shutil.rmtree(self.parts, ignore_errors=True)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.parts.mkdir(exist_ok=True)
         for stale in self.parts.glob(".*.tmp"):
             stale.unlink()
         if not (self.parts / "run.json").exists():
-            _write_json(self.parts / "run.json", self.run)
+            _write_json(self.parts / "run.json", self.run | ({"replaces_out": True} if self.replacing else {}))
         self._next = 1 + max((int(p.name.split(".")[0]) for p in self.parts.glob("[0-9]*")), default=0)
         self._prepared = True
 
+    def _unfinished_overwrite(self) -> bool:
+        return bool((self._unfinished_run() or {}).get("replaces_out"))
+
+    def _unfinished_run(self) -> dict | None:
+        """What an unfinished run recorded in the chunk folder (None when there is none)."""
+        run_file = self.parts / "run.json"
+        if not run_file.exists():
+            return None
+        try:
+            run = json.loads(run_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise IndexFileError(f"{run_file}: unreadable ({error}); pass --overwrite to start {self.out} over") from None
+        if not isinstance(run, dict):
+            raise IndexFileError(f"{run_file}: not a record of a run; pass --overwrite to start {self.out} over")
+        return run
+
+    def _kept_out(self) -> list[Path]:
+        """`[out]` when its rows stay in the index, else `[]`."""
+        return [self.out] if self.out.exists() and not self.replacing else []
+
     def _previous_run(self) -> dict | None:
-        if self.out.exists():
+        if self._kept_out():
             return read_meta(self.out)
         if (self.parts / "run.json").exists():
-            return json.loads((self.parts / "run.json").read_text(encoding="utf-8"))
+            return self._unfinished_run()
         return None
 
     def check_model(self, description: dict) -> None:
@@ -216,7 +238,7 @@ class IndexWriter:
         self.run.update({key: description[key] for key in ("dim", "model_digest", "weight_sample", *PREPROCESSING_KEYS) if key in description})
 
     def _previous_dim(self) -> int | None:
-        files = ([self.out] if self.out.exists() else []) + self._chunk_files()
+        files = self._kept_out() + self._chunk_files()
         return pq.read_schema(files[0]).field("cls").type.list_size if files else None
 
     def _check_compatible(self, previous: dict, run: dict) -> None:
@@ -232,7 +254,7 @@ class IndexWriter:
         return sorted(self.parts.glob("[0-9]*.parquet")) if self.parts.is_dir() else []
 
     def _done_paths(self) -> set[str]:
-        files = ([self.out] if self.out.exists() else []) + self._chunk_files()
+        files = self._kept_out() + self._chunk_files()
         done = set()
         for file in files:
             try:
@@ -261,10 +283,10 @@ class IndexWriter:
         `schema` is used when there are no rows at all.
         """
         self._prepare()
-        sources = ([self.out] if self.out.exists() else []) + self._chunk_files()
+        sources = self._kept_out() + self._chunk_files()
         if not sources and schema is None:
             raise IndexFileError(f"{self.out}: nothing to write (no image was embedded)")
-        old = read_meta(self.out) if self.out.exists() else {}
+        old = read_meta(self.out) if self._kept_out() else {}
         errors = {e["path"]: e["error"] for e in old.get("errors", [])}
         for file in sorted(self.parts.glob("*.errors.json")):
             errors.update({e["path"]: e["error"] for e in json.loads(file.read_text(encoding="utf-8"))})
