@@ -86,6 +86,7 @@ def test_special_files_are_listed_then_refused_without_reading(tmp_path):
     (photos / "zero.jpg").symlink_to("/dev/zero")
     found = collect_images([photos])
     assert names(found) == ["good.jpg", "pipe.png", "zero.jpg"]  # kept, so that embed reports them
+    assert names(collect_images([photos / "pipe.png"])) == ["pipe.png"]  # also when named
     assert read_image_bytes(photos / "good.jpg") == b"x" * 10
     with pytest.raises(ImageLoadError, match="named pipe"):
         read_image_bytes(photos / "pipe.png")  # would block for ever if opened for a plain read

@@ -120,6 +120,7 @@ class Embedder:
         from ..processing import processor_for_model
 
         self.model, self.source, self.resolution = model, source, int(resolution)
+        self._fingerprint: dict | None = None
         self.processor = processor_for_model(model, size={"height": self.resolution, "width": self.resolution})
         self.dense_processor = processor_for_model(model, size={"shortest_edge": self.resolution}, keep_aspect_ratio=True)
         if self.resolution < self.processor.patch_size:
@@ -183,7 +184,7 @@ class Embedder:
         """What an index records about the model, so that queries are embedded the same way and by the
         same weights (`model_digest`, `weight_sample`: see `model_fingerprint`)."""
         config = self.model.config
-        if not hasattr(self, "_fingerprint"):
+        if self._fingerprint is None:
             self._fingerprint = model_fingerprint(self.model)
         return {
             "model": self.source,

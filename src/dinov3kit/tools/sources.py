@@ -55,6 +55,8 @@ def _expand(source: str) -> list[Path]:
         return _walk(path)
     if path.is_file():
         return _read_list(path) if path.suffix.lower() in LIST_SUFFIXES else [_absolute(path)]
+    if path.exists():  # a FIFO, a device, ...: kept, and refused without blocking when it is read
+        return [_absolute(path)]
     if _GLOB_CHARS & set(source):
         images = [p for m in _glob(source) for p in (_walk(Path(m)) if os.path.isdir(m) else [_absolute(Path(m))])]
         images = [p for p in images if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -108,7 +110,11 @@ def _walk(folder: Path, all_files: bool = False) -> list[Path]:
     images = []
     seen: set[tuple[int, int]] = set()
     for root, dirs, files in os.walk(folder, followlinks=True):
-        status = os.stat(root)
+        try:
+            status = os.stat(root)
+        except OSError:  # removed or unreadable meanwhile
+            dirs[:] = []
+            continue
         if (status.st_dev, status.st_ino) in seen:
             dirs[:] = []
             continue
@@ -124,9 +130,9 @@ def _walk(folder: Path, all_files: bool = False) -> list[Path]:
 
 def _read_list(list_file: Path) -> list[Path]:
     try:
-        text = list_file.read_text(encoding="utf-8-sig")
+        text = read_regular_file(list_file).decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
-        raise SourceError(f"{list_file}: cannot read this list of paths ({error})") from error
+        raise SourceError(f"{list_file}: cannot read this list of paths ({str(error).removeprefix(f'{list_file}: ')})") from None
     if list_file.suffix.lower() in (".csv", ".tsv"):
         entries = _csv_paths(text, "\t" if list_file.suffix.lower() == ".tsv" else ",")
     else:
