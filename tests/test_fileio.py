@@ -1,4 +1,5 @@
 import os
+import stat
 import subprocess
 import sys
 
@@ -29,6 +30,16 @@ def test_atomic_write_replaces_and_cleans_up(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
     write_bytes_atomic(target, b"new")
     assert target.read_bytes() == b"new"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~current_umask()  # not the temporary file's 0600
+    target.chmod(0o640)
+    write_bytes_atomic(target, b"newer")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640  # a replaced file keeps its permissions
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @pytest.mark.parametrize("kind", ["same", "symlink", "hardlink"])

@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=run_info)
     info.add_argument("model", nargs="?", metavar="MODEL", help=f"hub id, folder, .pth, or a .parquet index (default ${MODEL_ENV} or {DEFAULT_MODEL})")
     info.add_argument("--json", action="store_true")
+    for command in commands.choices.values():  # also accepted after the command's name
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     return parser
 
 

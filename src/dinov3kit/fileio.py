@@ -175,6 +175,7 @@ def atomic_write(destination: PathLike, *, sources: Iterable[PathLike] = ()) -> 
         if temporary.is_file():
             with open(temporary, "rb+") as written:
                 os.fsync(written.fileno())
+            os.chmod(temporary, _mode_for(destination))
         os.replace(temporary, destination)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -183,6 +184,28 @@ def atomic_write(destination: PathLike, *, sources: Iterable[PathLike] = ()) -> 
             else:
                 temporary.unlink()
         raise
+
+
+def _mode_for(destination: Path) -> int:
+    """Permissions of the file replacing `destination`: its own, else what `open` would give a new file
+    (the temporary file was created private, 0600)."""
+    try:
+        return stat.S_IMODE(os.stat(destination).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(destination: PathLike, data: bytes) -> None:
