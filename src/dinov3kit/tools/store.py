@@ -8,8 +8,8 @@ with `path`, `sha256`, `width`, `height`, `cls` and `mean_patch` (float32 vector
 While a run is going, finished chunks are committed to `OUT.partial/` (each chunk a complete Parquet file
 written under a temporary name and renamed, an atomic step). At the end the chunks are merged with the
 rows already in `OUT` into a new file that replaces `OUT` atomically. A killed run therefore leaves `OUT`
-as it was (valid or absent) and every committed chunk intact; resuming merges them and skips their images.
-Readers open `OUT` once, so while a run goes on they see the last complete index.
+as it was (valid or absent) and every committed chunk intact; resuming merges them and skips their images
+(a resumed `--overwrite` run goes on replacing `OUT`, which is kept until then). Readers open `OUT` once, so while a run goes on they see the last complete index.
 
 The metadata also records which model made the rows (`model_digest`: its config and tensor shapes,
 `weight_sample`: a few of its weights, compared with a tolerance so that another dtype of the same
@@ -187,7 +187,8 @@ class IndexWriter:
         self._next = 1
 
     def _prepare(self) -> None:
-        """Create the chunk folder on the first write (and only then drop what `overwrite` replaces)."""
+        """Create the chunk folder on the first write (and only then drop an unfinished run's chunks that
+        `overwrite` replaces; `out` itself stays until `finish` renames the new index over it)."""
         if self._prepared:
             return
         if self.overwrite:
