@@ -85,7 +85,7 @@ def test_a_folder_destination_holding_an_input_is_refused(tmp_path):
     copy = tmp_path / "copy"
     copy.mkdir()
     os.link(checkpoint / "model.safetensors", copy / "model.safetensors")  # writing it in place would change the input
-    with pytest.raises(SameFileError, match="same file"):
+    with pytest.raises(SameFileError, match="inside the destination"):
         refuse_overwriting_sources(copy, [checkpoint / "model.safetensors"])
     assert input_files(checkpoint) == [checkpoint / "model.safetensors"] and input_files("owner/hub-id") == []
 

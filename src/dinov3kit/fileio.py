@@ -142,17 +142,28 @@ def same_file(a: PathLike, b: PathLike) -> bool:
 
 def refuse_overwriting_sources(destination: PathLike, sources: Iterable[PathLike]) -> None:
     """Raise `SameFileError` if `destination` is any of `sources` (path, symlink or hard link), or, for
-    a folder destination, holds one of them (by path or as a hard link of a file in it)."""
+    a folder destination, one of the files in it is. One `stat` per source: cheap for long lists."""
     destination = Path(destination)
-    sources = [Path(source) for source in sources]
-    written = sorted(p for p in destination.iterdir() if p.is_file()) if destination.is_dir() else []
+    try:
+        status = os.stat(destination)
+    except OSError:
+        return  # nothing there yet: nothing to lose
+    written = {(status.st_dev, status.st_ino): "it is the same file"}
+    if stat.S_ISDIR(status.st_mode):
+        for entry in os.scandir(destination):
+            with contextlib.suppress(OSError):
+                inner = entry.stat()
+                written.setdefault((inner.st_dev, inner.st_ino), f"it is {entry.path}, inside the destination")
     for source in sources:
-        inside = source.resolve().is_relative_to(destination.resolve())
-        if same_file(destination, source) or inside or any(same_file(file, source) for file in written):
+        try:
+            source_status = os.stat(source)
+        except OSError:
+            continue
+        reason = written.get((source_status.st_dev, source_status.st_ino))
+        if reason:
             raise SameFileError(
-                f"{destination}: refusing to write over the input {source} ("
-                + ("it is the same file" if not inside else "it is inside the destination")
-                + "); write to another path and rename it afterwards"
+                f"{destination}: refusing to write over the input {source} ({reason}); "
+                "write to another path and rename it afterwards"
             )
 
 
