@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .cli_heads import add_head_commands
 from .tools.runtime import DEFAULT_MODEL, DEFAULT_RESOLUTION, MODEL_ENV
 
 DENSE_RESOLUTION = 768
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=run_info)
     info.add_argument("model", nargs="?", metavar="MODEL", help=f"hub id, folder, .pth, or a .parquet index (default ${MODEL_ENV} or {DEFAULT_MODEL})")
     info.add_argument("--json", action="store_true")
+    add_head_commands(commands)
     return parser
 
 

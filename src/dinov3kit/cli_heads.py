@@ -1,0 +1,136 @@
+"""`dinov3kit probe ...` (few-shot probes on an index, dense probes on images) registered on the main
+parser by `add_head_commands`; the work is done in `dinov3kit.tools.probe` and `dinov3kit.tools.dense_probe`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_head_commands(commands) -> None:
+    """Add the `probe` command (and its subcommands) to the main parser's subcommands."""
+    probe = commands.add_parser("probe", help="train and apply small heads (kNN, linear, dense) on your labelled images",
+                                description="Few-shot probes: kNN and logistic regression on index features; linear segmentation heads on patch features.")
+    actions = probe.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    fit = actions.add_parser("fit", help="train kNN + linear probes on an index's labelled rows, report k-fold accuracy")
+    fit.set_defaults(run=run_probe_fit)
+    fit.add_argument("index", type=Path, metavar="INDEX", help="a Parquet index made by `dinov3kit embed`")
+    source = fit.add_mutually_exclusive_group(required=True)
+    source.add_argument("--labels", type=Path, metavar="CSV", help="`path,label` rows (paths relative to the CSV's folder or absolute)")
+    source.add_argument("--labels-from-folder", action="store_true", help="label = name of each image's parent folder")
+    fit.add_argument("-o", "--output", type=Path, metavar="HEAD.safetensors", help="head file (default: INDEX with .probe.safetensors)")
+    fit.add_argument("--features", choices=("cls", "cls+mean_patch"), default="cls+mean_patch", help="probe input (default cls+mean_patch)")
+    fit.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5; fewer when a class is smaller)")
+    fit.add_argument("--l2", type=float, default=None, help="L2 strength of the linear probe (default: chosen by cross-validation)")
+    fit.add_argument("-k", type=int, default=20, help="kNN neighbours (default 20, as Meta)")
+    fit.add_argument("--temperature", type=float, default=0.07, help="kNN softmax temperature (default 0.07, as Meta)")
+    fit.add_argument("--skip-unlabelled", action="store_true", help="train on the labelled rows, ignoring the others")
+    fit.add_argument("--seed", type=int, default=0, help="seed of the fold split")
+
+    predict = actions.add_parser("predict", help="classify images (or an index's rows) with a probe head")
+    predict.set_defaults(run=run_probe_predict)
+    predict.add_argument("head", type=Path, metavar="HEAD")
+    predict.add_argument("inputs", nargs="+", metavar="IMAGES|INDEX", help="images, folders, globs or lists; or one .parquet index")
+    predict.add_argument("-o", "--output", type=Path, metavar="OUT", help=".csv or .parquet (default: a table on the terminal)")
+    predict.add_argument("--method", choices=("linear", "knn"), default="linear", help="which probe (default linear)")
+    _model_options(predict, batches=True)
+
+    fit_dense = actions.add_parser("fit-dense", help="train a linear segmentation head on patch features of images with masks")
+    fit_dense.set_defaults(run=run_probe_fit_dense)
+    fit_dense.add_argument("images", nargs="+", metavar="IMAGES", help="images, folders, globs or lists")
+    fit_dense.add_argument("--masks", required=True, type=Path, metavar="DIR", help="one mask per image, same file stem (any image format)")
+    fit_dense.add_argument("-o", "--output", required=True, type=Path, metavar="HEAD.safetensors")
+    fit_dense.add_argument("--l2", type=float, default=None, help="L2 strength (default: chosen by cross-validation over images)")
+    _model_options(fit_dense, batches=False, resolution=448)
+
+    predict_dense = actions.add_parser("predict-dense", help="masks and overlays of images with a dense head")
+    predict_dense.set_defaults(run=run_probe_predict_dense)
+    predict_dense.add_argument("head", type=Path, metavar="HEAD")
+    predict_dense.add_argument("images", nargs="+", metavar="IMAGES")
+    predict_dense.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="folder for STEM_mask.png and STEM_overlay.png")
+    _model_options(predict_dense, batches=False)
+
+
+def _model_options(command: argparse.ArgumentParser, *, batches: bool, resolution: int | None = None) -> None:
+    command.add_argument("--model", help="checkpoint (default: the one the head was trained with)" if resolution is None
+                         else "hub id, transformers folder or Meta .pth (default: $DINOV3KIT_MODEL or the default model)")
+    command.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, ...")
+    command.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    if batches:
+        command.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    if resolution is not None:
+        command.add_argument("--resolution", type=int, default=resolution, help=f"shortest side in pixels (default {resolution})")
+    command.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def run_probe_fit(args) -> int:
+    from .tools.probe import confusion_image, fit_probe
+    from .fileio import atomic_write
+
+    result = fit_probe(
+        args.index, labels=args.labels, labels_from_folder=args.labels_from_folder, features=args.features,
+        n_folds=args.folds, l2=args.l2, k=args.k, temperature=args.temperature, skip_unlabelled=args.skip_unlabelled,
+        seed=args.seed,
+    )
+    head_path = args.output or args.index.with_name(args.index.stem + ".probe.safetensors")
+    result.head.save(head_path)
+    report = result.report()
+    sys.stdout.write(report)
+    stem = head_path.with_suffix("")
+    with atomic_write(stem.with_name(stem.name + ".report.txt")) as temporary:
+        temporary.write_text(report, encoding="utf-8")
+    written = [head_path, stem.with_name(stem.name + ".report.txt")]
+    if result.folds:
+        titles = {m: f"{m}: {result.folds}-fold accuracy {result.accuracy[m]:.3f}" for m in result.confusion}
+        picture = confusion_image(result.confusion, result.head.classes, titles)
+        target = stem.with_name(stem.name + ".confusion.png")
+        with atomic_write(target) as temporary:
+            picture.save(temporary, format="PNG")
+        written.append(target)
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def run_probe_predict(args) -> int:
+    from .tools.probe import ProbeHead, predict_probe, write_predictions
+
+    head = ProbeHead.load(args.head)
+    predictions = predict_probe(head, args.inputs, method=args.method, model=args.model, device=args.device,
+                                dtype=args.dtype, batch_size=args.batch_size, progress=not args.quiet)
+    failed = [p for p in predictions if p.error]
+    if args.output:
+        write_predictions(predictions, head.classes, args.output)
+        print(f"{len(predictions) - len(failed)} predictions -> {args.output}")
+    else:
+        for p in predictions:
+            print(f"{p.path}\t{p.label}\t{p.probability:.4f}" if p.error is None else f"{p.path}\t-\terror: {p.error}")
+    for p in failed[:10]:
+        print(f"  could not classify {p.path}: {p.error}", file=sys.stderr)
+    return 0
+
+
+def run_probe_fit_dense(args) -> int:
+    from .tools.dense_probe import fit_dense_probe
+
+    result = fit_dense_probe(args.images, args.masks, model=args.model, device=args.device, dtype=args.dtype,
+                             resolution=args.resolution, l2=args.l2, progress=not args.quiet)
+    result.head.save(args.output)
+    sys.stdout.write(result.report())
+    print(f"wrote {args.output}")
+    return 0
+
+
+def run_probe_predict_dense(args) -> int:
+    from .tools.dense_probe import DenseHead, predict_dense, save_dense_prediction
+
+    head = DenseHead.load(args.head)
+    for prediction in predict_dense(head, args.images, model=args.model, device=args.device, dtype=args.dtype,
+                                    progress=not args.quiet):
+        if prediction.error:
+            print(f"  could not segment {prediction.path}: {prediction.error}", file=sys.stderr)
+            continue
+        mask, overlay = save_dense_prediction(prediction, head, args.output)
+        print(f"{prediction.path} -> {mask}, {overlay}")
+    return 0
