@@ -51,6 +51,36 @@ def add_head_commands(commands) -> None:
     predict_dense.add_argument("images", nargs="+", metavar="IMAGES")
     predict_dense.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="folder for STEM_mask.png and STEM_overlay.png")
     _model_options(predict_dense, batches=False)
+    add_classify_command(commands)
+
+
+def add_classify_command(commands) -> None:
+    """`dinov3kit classify`: Meta's linear ImageNet-1k classifier on a DINOv3 backbone."""
+    classify = commands.add_parser("classify", help="ImageNet-1k classes of images with Meta's linear head (dinov3_vit7b16_lc)")
+    classify.set_defaults(run=run_classify)
+    classify.add_argument("images", nargs="+", metavar="IMAGES", help="images, folders, globs or lists")
+    classify.add_argument("--head", required=True, type=Path, metavar="HEAD.pth", help="Meta's linear head file (dinov3_vit7b16_imagenet1k_linear_head-*.pth)")
+    classify.add_argument("-k", "--top-k", type=int, default=5, help="classes per image (default 5)")
+    classify.add_argument("--model", help="the backbone: Meta .pth, transformers folder or hub id (default: $DINOV3KIT_MODEL)")
+    classify.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, ...")
+    classify.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    classify.add_argument("--resolution", type=int, default=224, help="input size in pixels (default 224)")
+
+
+def run_classify(args) -> int:
+    from .tools.heads import classify_images, load_linear_classifier
+    from .tools.runtime import model_source, pick_device, pick_dtype
+
+    device = pick_device(args.device)
+    classifier = load_linear_classifier(model_source(args.model), args.head, device=device, dtype=pick_dtype(args.dtype, device))
+    for result in classify_images(classifier, args.images, top_k=args.top_k, resolution=args.resolution):
+        if result.error:
+            print(f"{result.path}\terror: {result.error}", file=sys.stderr)
+            continue
+        print(result.path)
+        for index, label, probability in result.top:
+            print(f"  {probability:.4f}  {index:4d}  {label}")
+    return 0
 
 
 def _model_options(command: argparse.ArgumentParser, *, batches: bool, resolution: int | None = None) -> None:
