@@ -1,16 +1,18 @@
-"""Meta's linear ImageNet-1k classifier read from Meta's files onto our backbone: parity with a twin of
-Meta's head code on random weights (a ViT-7B layout at tiny width), every parameter matters, the labels,
-`dinov3kit classify`, and heads of another backbone refused."""
+"""Meta's released heads read from Meta's files onto our backbone: the linear ImageNet-1k classifier and the
+DPT depth heads (ViT-7B SYNTHMIX, CHMv2), in parity with twins of Meta's head code on random weights at
+reduced widths, every parameter matters, `dinov3kit classify` / `depth`, heads of another backbone refused."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from dinov3kit.cli import main
 from dinov3kit.models.heads import imagenet1k_labels
-from dinov3kit.tools.heads import HeadMismatchError, classify_images, load_linear_classifier
-from oracles.heads_twin import MetaLinearClassifierTwin, meta_linear_head_state
+from dinov3kit.tools.heads import HeadMismatchError, classify_images, estimate_depth, load_depth_estimator, load_linear_classifier
+from oracles.heads_twin import MetaDeptherTwin, MetaDPTHeadTwin, MetaLinearClassifierTwin, meta_linear_head_state, randomize_dpt_state_
 from oracles.meta_twin import meta_vit_state_dict, timm_vit_from_meta
 from oracles.random_weights import perturbations
 
@@ -83,3 +85,77 @@ def test_head_of_another_backbone_is_refused(files, tmp_path, capsys):
         load_linear_classifier(files["backbone"], tmp_path / "other.pth")
     assert main(["classify", str(PHOTOS / "cat.jpg"), "--head", str(tmp_path / "wide.pth"), "--model", str(files["backbone"])]) == 2
     assert "dinov3kit classify: error:" in capsys.readouterr().err
+
+
+# --- DPT depth heads ------------------------------------------------------------------------------
+
+DPT_CASES = {
+    # Meta's settings of each released head, at reduced widths: (backbone layout, twin arguments, depth decoding)
+    "dinov3_vit7b16_dd": ("vit7b16", dict(channels=16, post_process_channels=[24, 24, 24, 24], readout_type="ignore",
+                                          n_output_channels=12, n_hidden_channels=8, use_batchnorm=True, use_bias=False,
+                                          projection_after_fusion=True), (0.001, 100.0, "linear", "linear")),
+    "dinov3_vitl16_chmv2": ("vitl16", dict(channels=16, post_process_channels=[8, 12, 16, 20], readout_type="project",
+                                           n_output_channels=12, n_hidden_channels=8, use_batchnorm=False, use_bias=True,
+                                           projection_after_fusion=False), (0.001, 96.0, "chmv2_mixlog", "chmv2_mixlog")),
+}
+
+
+def dpt_files(root: Path, preset: str, seed: int = 0):
+    layout, arguments, depth_args = DPT_CASES[preset]
+    backbone = meta_vit_state_dict(layout, depth=4, bf16_periods=False, seed=seed)
+    head = MetaDPTHeadTwin(in_channels=[64] * 4, **arguments)
+    state = randomize_dpt_state_(head.state_dict(), seed=seed + 1)
+    torch.save(backbone, root / f"{preset}_backbone.pth")
+    torch.save(state, root / f"{preset}_head.pth")
+    head.load_state_dict(state, strict=True)
+    twin = MetaDeptherTwin(timm_vit_from_meta(backbone, num_heads=2), head.eval(), (0, 1, 2, 3), *depth_args).eval()
+    return root / f"{preset}_backbone.pth", root / f"{preset}_head.pth", twin
+
+
+@pytest.mark.parametrize("preset", sorted(DPT_CASES))
+def test_dpt_depth_heads_match_metas_head_code(preset, tmp_path):
+    backbone, head, twin = dpt_files(tmp_path, preset)
+    ours = load_depth_estimator(backbone, head, out_layers=(0, 1, 2, 3))
+    assert ours.config.bins_strategy == DPT_CASES[preset][2][2]  # the preset was recognised from the file
+    pixels = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = twin(pixels)[:, 0]
+        depth = ours(pixels).predicted_depth
+        assert depth.shape == (2, 64, 96)
+        scale = expected.abs().max()  # depths reach ~100 m: compared relative to the largest
+        assert (depth - expected).abs().max() <= 1e-5 * scale
+        layers = ours.backbone.get_intermediate_layers(pixels, n=[0, 1, 2, 3], reshape=True, return_class_token=True)
+        assert (ours.decoder(list(layers)) - twin.decoder(list(layers))).abs().max() <= 1e-5  # the head's logits
+        for name, undo in perturbations(ours.decoder, seed=5):  # every head parameter changes the depth
+            assert (ours(pixels).predicted_depth - expected).abs().max() > 1e-4 * scale, f"{name} is ignored"
+            undo()
+
+
+def test_depth_of_any_size_and_the_depth_command(tmp_path, capsys):
+    backbone, head, _ = dpt_files(tmp_path, "dinov3_vitl16_chmv2")
+    estimator = load_depth_estimator(backbone, head, out_layers=(0, 1, 2, 3))
+    odd = torch.randn(1, 3, 50, 70)
+    with torch.no_grad():
+        assert estimator(odd).predicted_depth.shape == (1, 50, 70)  # centred padding cropped back
+        depth = estimate_depth(estimator, PHOTOS / "cat.jpg", resolution=64)
+    assert depth.shape == (Image.open(PHOTOS / "cat.jpg").height, Image.open(PHOTOS / "cat.jpg").width) and bool((depth > 0).all())
+    out = tmp_path / "depth.png"
+    assert main(["depth", str(PHOTOS / "cat.jpg"), "--head", str(head), "--model", str(backbone), "-o", str(out),
+                 "--resolution", "64", "--out-layers", "0,1,2,3", "--device", "cpu", "--save-raw"]) == 0
+    picture = Image.open(out)
+    assert picture.size == Image.open(PHOTOS / "cat.jpg").size and picture.mode == "RGB"
+    assert len(np.unique(np.asarray(picture).reshape(-1, 3), axis=0)) > 20  # a colour map, not a constant
+    raw = np.load(tmp_path / "depth.npy")
+    assert raw.shape == depth.shape[:2]
+
+
+def test_dpt_head_of_another_backbone_is_refused(tmp_path, capsys):
+    backbone, head, _ = dpt_files(tmp_path, "dinov3_vit7b16_dd")
+    with pytest.raises(HeadMismatchError, match=r"reads blocks \[9, 19, 29, 39\]\), but the model has width 64 and 4 blocks"):
+        load_depth_estimator(backbone, head)
+    other = meta_vit_state_dict("vitl16", dim=96, head_dim=48, depth=4, bf16_periods=False)
+    torch.save(other, tmp_path / "wide.pth")
+    with pytest.raises(HeadMismatchError, match=r"width 64, reads .*but the model has width 96"):
+        load_depth_estimator(tmp_path / "wide.pth", head, out_layers=(0, 1, 2, 3))
+    assert main(["depth", str(PHOTOS / "cat.jpg"), "--head", str(head), "--model", str(backbone), "-o", str(tmp_path / "d.png")]) == 2
+    assert "dinov3kit depth: error:" in capsys.readouterr().err and not (tmp_path / "d.png").exists()

@@ -52,6 +52,7 @@ def add_head_commands(commands) -> None:
     predict_dense.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="folder for STEM_mask.png and STEM_overlay.png")
     _model_options(predict_dense, batches=False)
     add_classify_command(commands)
+    add_depth_command(commands)
 
 
 def add_classify_command(commands) -> None:
@@ -65,6 +66,49 @@ def add_classify_command(commands) -> None:
     classify.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, ...")
     classify.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
     classify.add_argument("--resolution", type=int, default=224, help="input size in pixels (default 224)")
+
+
+def add_depth_command(commands) -> None:
+    """`dinov3kit depth`: Meta's DPT depth heads (dinov3_vit7b16_dd, CHMv2 canopy height) as a coloured picture."""
+    depth = commands.add_parser("depth", help="depth (or canopy height) of an image with Meta's DPT head, as a coloured PNG")
+    depth.set_defaults(run=run_depth)
+    depth.add_argument("image", metavar="IMAGE")
+    depth.add_argument("--head", required=True, type=Path, metavar="HEAD.pth", help="Meta's DPT head file (dinov3_vit7b16_synthmix_dpt_head-*.pth or dinov3_vitl16_chmv2_dpt_head-*.pth)")
+    depth.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.png")
+    depth.add_argument("--model", help="the backbone: Meta .pth, transformers folder or hub id (default: $DINOV3KIT_MODEL)")
+    depth.add_argument("--preset", choices=("dinov3_vit7b16_dd", "dinov3_vitl16_chmv2"), help="head settings (default: recognised from the file)")
+    depth.add_argument("--out-layers", metavar="I,J,K,L", help="0-based backbone blocks the head reads (default: the preset's)")
+    depth.add_argument("--resolution", type=int, default=512, help="shorter side seen by the model (default 512)")
+    depth.add_argument("--save-raw", action="store_true", help="also write the depth in metres as OUT.npy (float32)")
+    depth.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, ...")
+    depth.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+
+
+def run_depth(args) -> int:
+    import numpy as np
+
+    from .fileio import atomic_write
+    from .tools.heads import colorize_depth, estimate_depth, load_depth_estimator
+    from .tools.runtime import model_source, pick_device, pick_dtype
+
+    try:
+        layers = [int(v) for v in args.out_layers.split(",")] if args.out_layers else None
+    except ValueError:
+        raise ValueError(f"--out-layers must be comma-separated block numbers, e.g. 4,11,17,23; got {args.out_layers!r}") from None
+    device = pick_device(args.device)
+    estimator = load_depth_estimator(model_source(args.model), args.head, preset=args.preset, out_layers=layers,
+                                     device=device, dtype=pick_dtype(args.dtype, device))
+    depth = estimate_depth(estimator, args.image, resolution=args.resolution)
+    with atomic_write(args.output, sources=[args.image]) as temporary:
+        colorize_depth(depth).save(temporary, format="PNG")
+    print(f"{args.image}: depth {float(depth.min()):.3f} .. {float(depth.max()):.3f} m -> {args.output}")
+    if args.save_raw:
+        raw = args.output.with_suffix(".npy")
+        with atomic_write(raw, sources=[args.image]) as temporary:
+            with open(temporary, "wb") as handle:
+                np.save(handle, depth.numpy().astype(np.float32))
+        print(f"raw depth -> {raw}")
+    return 0
 
 
 def run_classify(args) -> int:
