@@ -202,3 +202,17 @@ def test_head_and_index_of_different_models_are_refused(setup, tmp_path):
         predict_probe(head, [tmp_path / "other.parquet"])
     with pytest.raises(ProbeError, match="width 192, the head was trained on width 128"):
         predict_probe(head, [setup["root"] / "train" / "red"], model=str(wider), device="cpu")
+
+
+def test_labels_files_relative_paths_and_tiny_classes(setup, tmp_path, monkeypatch):
+    train = setup["root"] / "train"
+    beside = {str(Path(p).relative_to(setup["root"])): label for p, label in setup["labels"].items()}
+    result = fit_probe(setup["index"], labels=write_csv(setup["root"] / "relative.csv", beside), l2=0.1)  # from the CSV's folder
+    assert result.head.meta["train_rows"] == 30
+    monkeypatch.chdir(train)
+    from_here = {str(Path(p).relative_to(train)): label for p, label in setup["labels"].items()}
+    assert fit_probe(setup["index"], labels=write_csv(tmp_path / "cwd.csv", from_here), l2=0.1).head.meta["train_rows"] == 30
+    one_each = {next(p for p, label in setup["labels"].items() if label == name): name for name in CLASSES}
+    tiny = fit_probe(setup["index"], labels=one_each, skip_unlabelled=True)
+    assert tiny.folds == 0 and "no cross-validation" in tiny.report() and tiny.head.meta["l2"] == pytest.approx(1 / 3)
+    assert [p.label for p in predict_probe(tiny.head, [setup["index"]]) if p.path in one_each] == [one_each[p] for p in sorted(one_each)]

@@ -46,7 +46,7 @@ class ProbeError(ValueError):
 # --- labels -------------------------------------------------------------------------------------
 def read_labels_csv(path: str | os.PathLike) -> dict[str, str]:
     """{absolute image path: label} from a CSV of `path,label` rows (a `path,label` header is optional;
-    relative paths are taken from the CSV's folder)."""
+    relative paths are taken from the CSV's folder, or from the current directory)."""
     path = Path(path)
     if not path.is_file():
         raise ProbeError(f"{path}: no such labels file; write one with a `path,label` row per image, or use --labels-from-folder")
@@ -59,7 +59,7 @@ def read_labels_csv(path: str | os.PathLike) -> dict[str, str]:
     for number, row in enumerate(rows, start=1):
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
             raise ProbeError(f"{path}: row {number} {row!r} is not `path,label`")
-        image = os.path.abspath(path.parent / row[0].strip())
+        image = _labelled_path(row[0].strip(), path.parent)
         label = row[1].strip()
         if labels.get(image, label) != label:
             raise ProbeError(f"{path}: {row[0].strip()} has two labels ({labels[image]!r} and {label!r})")
@@ -67,6 +67,14 @@ def read_labels_csv(path: str | os.PathLike) -> dict[str, str]:
     if not labels:
         raise ProbeError(f"{path}: no `path,label` rows")
     return labels
+
+
+def _labelled_path(name: str, folder: Path) -> str:
+    """Absolute path of a labels-file entry: relative to the labels file's folder, else (when only that
+    exists) to the current directory."""
+    beside = os.path.abspath(folder / name)
+    here = os.path.abspath(name)
+    return here if not os.path.exists(beside) and os.path.exists(here) else beside
 
 
 def align_labels(paths: Sequence[str], labels: dict[str, str], *, source: str, skip_unlabelled: bool = False,
@@ -130,7 +138,7 @@ class IndexFeatures:
 
 def index_features(index: str | os.PathLike, features: str = DEFAULT_FEATURES) -> IndexFeatures:
     """Read the features a probe uses from an index made by `dinov3kit embed`."""
-    from .store import read_index
+    from . import read_index  # the public name (it may move between modules)
 
     cls = read_index(index, "cls")
     mean = read_index(index, "mean_patch") if features == "cls+mean_patch" else None
