@@ -182,8 +182,6 @@ def fit_dense_probe(
         mask, _ = read[path]
         if abs(mask.shape[1] / mask.shape[0] - image.width / image.height) > 0.01 * image.width / image.height:
             raise ProbeError(f"{mask_files[path]}: a {mask.shape[1]}x{mask.shape[0]} mask for the {image.width}x{image.height} image {path}")
-        if binary and not read[path][1]:
-            raise ProbeError(f"{mask_files[path]}: not a binary mask while the others are")
         features = embedder(embedder.preprocess_dense(image)).patches[0].cpu()  # [h, w, D]
         fractions = patch_fractions(mask, values, features.shape[:2])  # [C, h, w]
         share, label = fractions.max(dim=0)
