@@ -139,6 +139,12 @@ def test_depth_of_any_size_and_the_depth_command(tmp_path, capsys):
         assert estimator(odd).predicted_depth.shape == (1, 50, 70)  # centred padding cropped back
         depth = estimate_depth(estimator, PHOTOS / "cat.jpg", resolution=64)
     assert depth.shape == (Image.open(PHOTOS / "cat.jpg").height, Image.open(PHOTOS / "cat.jpg").width) and bool((depth > 0).all())
+    small = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    with torch.no_grad():  # CHMv2 as Meta's notebook: the image's own size, the notebook's normalisation
+        native = estimate_depth(estimator, small)
+        mean, std = torch.tensor([0.420, 0.411, 0.296]), torch.tensor([0.213, 0.156, 0.143])
+        pixels = (torch.from_numpy(np.asarray(small)).permute(2, 0, 1).float() / 255 - mean[:, None, None]) / std[:, None, None]
+        torch.testing.assert_close(native, estimator(pixels[None]).predicted_depth[0], rtol=1e-5, atol=1e-4)
     out = tmp_path / "depth.png"
     assert main(["depth", str(PHOTOS / "cat.jpg"), "--head", str(head), "--model", str(backbone), "-o", str(out),
                  "--resolution", "64", "--out-layers", "0,1,2,3", "--device", "cpu", "--save-raw"]) == 0

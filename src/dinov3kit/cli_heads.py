@@ -78,8 +78,8 @@ def add_depth_command(commands) -> None:
     depth.add_argument("--model", help="the backbone: Meta .pth, transformers folder or hub id (default: $DINOV3KIT_MODEL)")
     depth.add_argument("--preset", choices=("dinov3_vit7b16_dd", "dinov3_vitl16_chmv2"), help="head settings (default: recognised from the file)")
     depth.add_argument("--out-layers", metavar="I,J,K,L", help="0-based backbone blocks the head reads (default: the preset's)")
-    depth.add_argument("--resolution", type=int, default=512, help="shorter side seen by the model (default 512)")
-    depth.add_argument("--save-raw", action="store_true", help="also write the depth in metres as OUT.npy (float32)")
+    depth.add_argument("--resolution", type=int, default=None, help="shorter side seen by the model (default: 512 for depth, the image's own size for CHMv2)")
+    depth.add_argument("--save-raw", action="store_true", help="also write the map in metres as OUT.npy (float32)")
     depth.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, ...")
     depth.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
 
@@ -98,10 +98,11 @@ def run_depth(args) -> int:
     device = pick_device(args.device)
     estimator = load_depth_estimator(model_source(args.model), args.head, preset=args.preset, out_layers=layers,
                                      device=device, dtype=pick_dtype(args.dtype, device))
-    depth = estimate_depth(estimator, args.image, resolution=args.resolution)
+    depth = estimate_depth(estimator, args.image, resolution="preset" if args.resolution is None else args.resolution)
+    quantity = estimator.config.quantity
     with atomic_write(args.output, sources=[args.image]) as temporary:
-        colorize_depth(depth).save(temporary, format="PNG")
-    print(f"{args.image}: depth {float(depth.min()):.3f} .. {float(depth.max()):.3f} m -> {args.output}")
+        colorize_depth(depth, invert=quantity == "depth").save(temporary, format="PNG")
+    print(f"{args.image}: {quantity} {float(depth.min()):.3f} .. {float(depth.max()):.3f} m -> {args.output}")
     if args.save_raw:
         raw = args.output.with_suffix(".npy")
         with atomic_write(raw, sources=[args.image]) as temporary:

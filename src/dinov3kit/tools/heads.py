@@ -208,24 +208,31 @@ def load_depth_estimator(
 
 
 @torch.inference_mode()
-def estimate_depth(estimator: DINOv3DepthEstimator, image, *, resolution: int = 512) -> torch.Tensor:
-    """[H, W] depth (metres; canopy height for CHMv2) of `image` at its own size: the model sees it with
-    the shorter side at `resolution` (aspect ratio kept, centred zero padding to the patch size)."""
+def estimate_depth(estimator: DINOv3DepthEstimator, image, *, resolution: int | None | str = "preset") -> torch.Tensor:
+    """[H, W] depth in metres (canopy height for CHMv2) of `image`, at the image's own size.
+
+    The model sees the image with its shorter side at `resolution` (aspect ratio kept; None: at its own
+    size, as Meta's CHMv2 notebook), normalised as the preset says, zero-padded (centred) to the patch
+    size; the map is cropped back and resized bilinearly to the image."""
     import torch.nn.functional as F
 
     from ..images import load_image
     from ..processing import processor_for_model
 
+    config = estimator.config
+    resolution = config.resolution if resolution == "preset" else resolution
+    options = {"do_resize": False} if resolution is None else {"size": {"shortest_edge": int(resolution)}}
+    if config.normalization is not None:
+        options.update(image_mean=list(config.normalization[0]), image_std=list(config.normalization[1]))
     image = load_image(image)
-    processor = processor_for_model(estimator.backbone, size={"shortest_edge": resolution})
-    pixels = processor(image, return_tensors="pt")["pixel_values"].to(estimator.backbone.device, estimator.backbone.dtype)
-    depth = estimator(pixels).predicted_depth.float()
+    pixels = processor_for_model(estimator.backbone, **options)(image, return_tensors="pt")["pixel_values"]
+    depth = estimator(pixels.to(estimator.backbone.device, estimator.backbone.dtype)).predicted_depth.float()
     return F.interpolate(depth.unsqueeze(1), size=(image.height, image.width), mode="bilinear", align_corners=False)[0, 0].cpu()
 
 
 def colorize_depth(depth: torch.Tensor, *, invert: bool = True):
-    """A PIL image of a depth map with a perceptual colour map (near = bright when `invert`), scaled
-    between the 2nd and 98th percentiles."""
+    """A PIL image of a depth (or height) map in the Turbo colour map, scaled between its 2nd and 98th
+    percentiles; `invert` makes small values bright (near objects, for depth)."""
     import numpy as np
     from PIL import Image
 

@@ -35,6 +35,9 @@ class DPTConfig:
     bins_strategy: str = "linear"  # linear | log | chmv2_mixlog
     norm_strategy: str = "linear"  # linear | softmax | sigmoid | chmv2_mixlog
     backbone: str = ""  # the backbone the released head was trained on (for messages)
+    quantity: str = "depth"  # what the map holds: "depth" (metres from the camera) or "height" (metres above ground)
+    resolution: int | None = 512  # shorter side the image is resized to; None: its own size
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (mean, std); None: the backbone's
 
     def scaled(self, **changes) -> "DPTConfig":
         return replace(self, **changes)
@@ -48,7 +51,8 @@ DPT_PRESETS = {
     "dinov3_vitl16_chmv2": DPTConfig(
         out_layers=(5, 11, 17, 23), hidden_channels=128, use_cls_token=True, unit_bias=True, project_after_fusion=False,
         min_depth=0.001, max_depth=96.0, bins_strategy="chmv2_mixlog", norm_strategy="chmv2_mixlog",
-        backbone="dinov3_vitl16 (SAT-493M)",
+        backbone="dinov3_vitl16 (SAT-493M)", quantity="height", resolution=None,
+        normalization=((0.420, 0.411, 0.296), (0.213, 0.156, 0.143)),  # Meta's CHMv2 inference notebook
     ),
 }
 
