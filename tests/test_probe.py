@@ -84,7 +84,7 @@ def test_probes_learn_separable_classes_well_above_chance(setup):
 def test_cli_fit_then_predict_new_images_and_the_index(setup, tmp_path, capsys):
     labels = write_csv(tmp_path / "labels.csv", setup["labels"])
     head = tmp_path / "head.safetensors"
-    assert main(["probe", "fit", str(setup["index"]), "--labels", str(labels), "-o", str(head)]) == 0
+    assert main(["probe", "fit", str(setup["index"]), "--labels", str(labels), "-o", str(head), "--l2", "0.1"]) == 0
     out = capsys.readouterr().out
     assert "5-fold cross-validated accuracy over 30 images" in out and "kNN (k=20, T=0.07)" in out
     assert (tmp_path / "head.confusion.png").stat().st_size > 0 and Image.open(tmp_path / "head.confusion.png").width > 100

@@ -84,7 +84,7 @@ def test_foreground_head_through_the_cli(embedder, tmp_path, capsys):
 def test_three_class_head_learns_each_class(embedder, tmp_path):
     make_scenes(tmp_path / "train", 6, seed=2, binary=False)
     truth = make_scenes(tmp_path / "test", 3, seed=3, binary=False)
-    result = fit_dense_probe([tmp_path / "train" / "images"], tmp_path / "train" / "masks", embedder=embedder)
+    result = fit_dense_probe([tmp_path / "train" / "images"], tmp_path / "train" / "masks", embedder=embedder, l2=0.01)
     assert result.head.classes == ["0", "1", "2"] and result.accuracy > 0.8 and min(result.iou.values()) > 0.5
     for prediction in predict_dense(result.head, list(truth), embedder=embedder):
         assert prediction.probabilities.shape == (3, HEIGHT, WIDTH)
