@@ -113,7 +113,7 @@ def test_saved_head_predicts_like_the_fitted_one(setup, tmp_path):
     loaded = ProbeHead.load(tmp_path / "h.safetensors")
     x = index_features(setup["index"]).x
     torch.testing.assert_close(loaded.probabilities(x), result.head.probabilities(x), rtol=0, atol=1e-5)
-    torch.testing.assert_close(loaded.probabilities(x, "knn"), result.head.probabilities(x, "knn"), rtol=0, atol=2e-3)  # fp16 memory
+    torch.testing.assert_close(loaded.probabilities(x, "knn"), result.head.probabilities(x, "knn"), rtol=0, atol=1e-6)
     images = predict_probe(loaded, [setup["root"] / "train"], embedder=setup["embedder"])
     by_index = predict_probe(loaded, [setup["index"]])
     assert [(p.path, p.label) for p in images] == [(p.path, p.label) for p in by_index]

@@ -312,7 +312,8 @@ def _fit(x: torch.Tensor, y: torch.Tensor, classes: list[str], index_meta: dict,
         "l2": l2, "knn": {"k": k, "temperature": temperature}, "train_rows": len(y),
         "cv": {"folds": n_folds, "accuracy": accuracy, "l2_scores": {str(key): v for key, v in l2_scores.items()}},
     }
-    head = ProbeHead(meta, weight, bias, scale.mean, scale.std, x.clone(), y.clone())
+    memory = x.to(torch.float16).float()  # as the head file stores it, so a saved head predicts the same
+    head = ProbeHead(meta, weight, bias, scale.mean, scale.std, memory, y.clone())
     return ProbeResult(head, accuracy, confusion, l2_scores, n_folds)
 
 
