@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .fileio import MAX_BYTES_ENV, OutputLockedError, atomic_write, parse_size
+from .cli_heads import add_head_commands
 from .tools.runtime import DEFAULT_MODEL, DEFAULT_RESOLUTION, MODEL_ENV
 
 DENSE_RESOLUTION = 768
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=run_info)
     info.add_argument("model", nargs="?", metavar="MODEL", help=f"hub id, folder, .pth, or a .parquet index (default ${MODEL_ENV} or {DEFAULT_MODEL})")
     info.add_argument("--json", action="store_true")
+    add_head_commands(commands)
     for command in commands.choices.values():  # also accepted after the command's name
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     return parser
