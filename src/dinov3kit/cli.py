@@ -109,10 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     embed = _command(commands, "embed", run_embed, "embed images into a Parquet index (resumable)", resolution=DEFAULT_RESOLUTION)
-    embed.add_argument("sources", nargs="+", metavar="SOURCE", help="folders (recursive), image files, globs, or .txt/.csv lists of paths")
-    embed.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="the Parquet index to write or add to")
+    embed.add_argument("sources", nargs="+", metavar="SOURCE", help="folders (recursive), image files, globs, .txt/.csv lists of paths, "
+                       "Parquet/CSV tables with a path column, WebDataset shards (shards/{0000..0099}.tar), fsspec URLs")
+    embed.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="the Parquet index to write or add to (a folder of shards with --engine ray)")
     embed.add_argument("--patches", action="store_true", help="also store the float16 patch grid of every image")
-    embed.add_argument("--workers", type=int, default=None, help="decoding processes (default: from the device and cores)")
+    embed.add_argument("--workers", default=None, metavar="N", help="local: decoding processes (default: from the device and cores); "
+                       "ray: model actors, N or MIN,MAX (default 1, or one per GPU)")
+    embed.add_argument("--path-column", metavar="NAME", help="the column of Parquet/CSV sources that holds the paths or URLs")
     embed.add_argument("--chunk-size", type=int, default=1024, help="rows per atomic commit (default 1024)")
     mode = embed.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="add to OUT, skipping images already in it (the default when OUT exists)")
@@ -120,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--strict", action="store_true", help="stop at the first bad image instead of recording it")
     embed.add_argument("--allow-model-mismatch", action="store_true", help="add to an index made by another model of the same width")
     embed.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    from .tools.ray_options import add_ray_options
+
+    add_ray_options(embed)
 
     search = _command(commands, "search", run_search, "nearest neighbours of query images or rows", resolution=None)
     search.add_argument("index", type=Path, metavar="INDEX")
@@ -163,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     export.add_argument("--no-check", action="store_true", help="skip comparing onnxruntime with torch")
 
+    merge = commands.add_parser("merge", help="compact a folder index (embed --engine ray) into one Parquet file")
+    merge.set_defaults(run=run_merge)
+    merge.add_argument("folder", type=Path, metavar="OUT_DIR")
+    merge.add_argument("-o", "--output", required=True, type=Path, metavar="ONE.parquet")
+
     info = commands.add_parser("info", help="what a checkpoint (or an index) holds")
     info.set_defaults(run=run_info)
     info.add_argument("model", nargs="?", metavar="MODEL", help=f"hub id, folder, .pth, or a .parquet index (default ${MODEL_ENV} or {DEFAULT_MODEL})")
@@ -201,6 +212,7 @@ def _embedder(args, model: str | None = None, resolution: int | None = None):
 # --- embed -------------------------------------------------------------------------------------
 def run_embed(args) -> int:
     from .tools.embed import BadImageError, embed_images
+    from .tools.ray_options import ray_options
 
     try:
         summary = embed_images(
@@ -211,7 +223,7 @@ def run_embed(args) -> int:
             dtype=args.dtype,
             resolution=args.resolution,
             batch_size=args.batch_size,
-            workers=args.workers,
+            workers=_workers(args),
             patches=args.patches,
             chunk_size=args.chunk_size,
             overwrite=args.overwrite,
@@ -219,6 +231,8 @@ def run_embed(args) -> int:
             progress=not args.quiet,
             max_bytes=args.max_bytes,
             allow_model_mismatch=args.allow_model_mismatch,
+            path_column=args.path_column,
+            **ray_options(args),
         )
     except BadImageError as error:
         print(f"dinov3kit embed: bad image: {printable(error)}\nRerun the same command without --strict to go on.", file=sys.stderr)
@@ -239,6 +253,14 @@ def run_embed(args) -> int:
         if len(summary.errors) > 10:
             print(f"  ... and {len(summary.errors) - 10} more")
     return 0
+
+
+def _workers(args):
+    if args.workers is None or args.engine == "ray":
+        return args.workers
+    if not args.workers.isdigit():
+        raise UsageError(f"--workers takes a number of decoding processes with the local engine, got {args.workers!r}")
+    return int(args.workers)
 
 
 # --- search ------------------------------------------------------------------------------------
@@ -362,12 +384,26 @@ def run_export(args) -> int:
 
 
 def run_info(args) -> int:
-    if args.model and args.model.endswith(".parquet"):
+    if args.model and (args.model.endswith(".parquet") or _is_folder_index(args.model)):
         return _index_info(Path(args.model), args.json)
     from .tools.checkpoints import describe_model
 
     info = describe_model(args.model)
     print(json.dumps(info, indent=2) if args.json else _table(["key", "value"], list(info.items()), header=False))
+    return 0
+
+
+def _is_folder_index(path: str) -> bool:
+    from .tools.store import SHARD_GLOB
+
+    return Path(path).is_dir() and any(Path(path).glob(SHARD_GLOB))
+
+
+def run_merge(args) -> int:
+    from .tools.store import merge_index
+
+    meta = merge_index(args.folder, args.output)
+    print(f"{meta['rows']} rows, {len(meta.get('errors', []))} bad inputs: {args.folder} -> {args.output}")
     return 0
 
 

@@ -6,7 +6,7 @@ import importlib
 from types import ModuleType
 
 #: Module → the pip extra of dinov3kit that provides it.
-EXTRAS = {"pyarrow": "tools", "tqdm": "tools", "faiss": "faiss"}
+EXTRAS = {"pyarrow": "tools", "tqdm": "tools", "faiss": "faiss", "ray": "ray"}
 
 
 class MissingDependencyError(ImportError):

@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 from ..fileio import OutputLock, refuse_overwriting_sources
 from ..images import ImageLoadError, load_image
 from .deps import require
+from .inputs import Item, collect_items, extra_columns, read_bytes, with_extra_columns
 from .runtime import DEFAULT_RESOLUTION, Embedder, feature_dim, model_source
-from .sources import collect_images, read_image_bytes
 from .store import IndexWriter, index_schema, read_meta, rows_table
 
 #: Seconds after which a chunk is committed even if it is not full, so a slow run loses little when killed.
@@ -62,30 +62,47 @@ class _Item:
     height: int = 0
     sha256: str = ""
     error: str | None = None
+    extra: tuple = ()
 
 
 class _ImageFiles(Dataset):
     """Reads, hashes, decodes and preprocesses one image per item (runs in DataLoader workers)."""
 
-    def __init__(self, paths: Sequence[str], embedder: Embedder, max_bytes: int | None = None) -> None:
-        self.paths, self.processor, self.max_bytes = list(paths), embedder.processor, max_bytes
+    def __init__(self, items: Sequence[Item], embedder: Embedder, max_bytes: int | None = None) -> None:
+        self.items, self.processor, self.max_bytes = list(items), embedder.processor, max_bytes
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.items)
 
     def __getitem__(self, index: int) -> _Item:
-        path = self.paths[index]
+        item = self.items[index]
         try:
-            data = read_image_bytes(path, self.max_bytes)
-            image = load_image(data)
-            pixels = self.processor(image, return_tensors="pt")["pixel_values"][0]
-        except ImageLoadError as error:
-            return _Item(path, error=error.reason)
-        except OSError as error:
-            return _Item(path, error=f"cannot read the file ({error.strerror or error})")
-        except ValueError as error:
-            return _Item(path, error=f"cannot preprocess the image ({error})")
-        return _Item(path, pixels, image.width, image.height, hashlib.sha256(data).hexdigest())
+            pixels, width, height, sha256 = decode_item(item, self.processor, self.max_bytes)
+        except BadInput as error:
+            return _Item(item.key, error=str(error), extra=item.extra)
+        return _Item(item.key, pixels, width, height, sha256, extra=item.extra)
+
+
+class BadInput(ValueError):
+    """An item that cannot be embedded; the message is the reason recorded in the error table."""
+
+
+def decode_item(item: Item, processor, max_bytes: int | None = None) -> tuple[torch.Tensor, int, int, str]:
+    """Read, hash, decode and preprocess one item: (pixels [3, H, W], width, height, sha256 hex).
+    Raises `BadInput` with the reason (shared by both engines, so that they record the same errors)."""
+    try:
+        data = read_bytes(item, max_bytes)
+        image = load_image(data)
+        pixels = processor(image, return_tensors="pt")["pixel_values"][0]
+    except ImageLoadError as error:
+        raise BadInput(error.reason) from error
+    except FileNotFoundError as error:
+        raise BadInput("no such file") from error
+    except OSError as error:
+        raise BadInput(f"cannot read the file ({error.strerror or error})") from error
+    except ValueError as error:
+        raise BadInput(f"cannot preprocess the image ({error})") from error
+    return pixels, image.width, image.height, hashlib.sha256(data).hexdigest()
 
 
 def _collate(items: list[_Item]) -> tuple[list[_Item], torch.Tensor | None]:
@@ -125,8 +142,16 @@ def embed_images(
     progress: bool = True,
     max_bytes: int | None = None,
     allow_model_mismatch: bool = False,
+    path_column: str | None = None,
+    engine: str = "local",
+    **ray_options,
 ) -> EmbedSummary:
     """Embed the images named by `sources` into the Parquet index `out` and return a summary.
+
+    Sources are folders, globs, image files, lists, tables of paths (`path_column`), WebDataset shards
+    and fsspec URLs (see `inputs`). `engine="ray"` runs on Ray Data (`out` is then a folder of Parquet
+    shards, `workers` the model actors, N or (MIN, MAX)); `ray_options` are its own (see
+    `ray_engine.embed_with_ray`).
 
     An existing `out` (or an interrupted run's chunks) is resumed: images already in it are skipped,
     unless `overwrite`; rows of another model are refused unless `allow_model_mismatch` (another width
@@ -137,28 +162,42 @@ def embed_images(
     """
     if batch_size < 1 or chunk_size < 1:
         raise ValueError(f"batch_size and chunk_size must be positive, got {batch_size} and {chunk_size}")
-    if workers is not None and workers < 0:
-        raise ValueError(f"workers must be 0 or more, got {workers}")
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if engine == "ray":
+        from .ray_engine import embed_with_ray
+
+        return embed_with_ray(
+            sources, out, model=model, embedder=embedder, device=device, dtype=dtype, resolution=resolution,
+            batch_size=batch_size, workers=workers, patches=patches, chunk_size=chunk_size, overwrite=overwrite,
+            strict=strict, progress=progress, path_column=path_column, max_bytes=max_bytes,
+            allow_model_mismatch=allow_model_mismatch, **ray_options,
+        )
+    if ray_options:
+        raise ValueError(f"{', '.join(sorted(ray_options))}: options of the ray engine (pass engine='ray')")
+    if workers is not None and (not isinstance(workers, int) or workers < 0):
+        raise ValueError(f"the local engine takes a number of decoding workers (0 or more), got {workers!r}")
     start = time.perf_counter()
-    paths = [str(p) for p in collect_images(sources)]
-    if not paths:
+    items = collect_items(sources, path_column=path_column)
+    if not items:
         raise ValueError("the sources name no images")
+    paths = [item.key for item in items]
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"{out}: a folder; -o names the index file to write (e.g. {out / 'index.parquet'})")
-    refuse_overwriting_sources(out, paths)
+    refuse_overwriting_sources(out, [item.location for item in items if item.offset < 0])
     if overwrite and out.exists() and out.suffix.lower() != ".parquet":
         read_meta(out)  # --overwrite replaces an index, never another kind of file
     with OutputLock(out, "dinov3kit embed"):
         return _embed_locked(
-            paths, out, start, model=model, embedder=embedder, device=device, dtype=dtype, resolution=resolution,
+            items, out, start, model=model, embedder=embedder, device=device, dtype=dtype, resolution=resolution,
             batch_size=batch_size, workers=workers, patches=patches, chunk_size=chunk_size, overwrite=overwrite,
             strict=strict, progress=progress, max_bytes=max_bytes, allow_model_mismatch=allow_model_mismatch,
         )
 
 
 def _embed_locked(
-    paths: list[str], out: Path, start: float, *, model, embedder: Embedder | None, device, dtype, resolution: int,
+    items: list[Item], out: Path, start: float, *, model, embedder: Embedder | None, device, dtype, resolution: int,
     batch_size: int, workers: int | None, patches: bool, chunk_size: int, overwrite: bool, strict: bool,
     progress: bool, max_bytes: int | None, allow_model_mismatch: bool,
 ) -> EmbedSummary:
@@ -167,7 +206,8 @@ def _embed_locked(
     resolution = embedder.resolution if embedder is not None else resolution
     run = {"model": source, "resolution": resolution, "patches": patches}
     writer = IndexWriter(out, run, overwrite=overwrite, allow_model_mismatch=allow_model_mismatch)
-    todo = [p for p in paths if p not in writer.done]
+    paths = [item.key for item in items]
+    todo = [item for item in items if item.key not in writer.done]
     skipped = len(paths) - len(todo)
     if not todo:
         meta = writer.finish(None)
@@ -185,7 +225,7 @@ def _embed_locked(
         pin_memory=embedder.device.type == "cuda",
         prefetch_factor=4 if workers else None,
     )
-    chunk = _Chunk(patches)
+    chunk = _Chunk(patches, extra_columns(items))
     model_ready = time.perf_counter()
     try:
         failed = _embed_batches(loader, embedder, writer, chunk, chunk_size=chunk_size, strict=strict, progress=progress)
@@ -194,7 +234,7 @@ def _embed_locked(
     run = embedder.describe() | {"patches": patches}
     if chunk.grid is not None:
         run["patch_grid"] = list(chunk.grid)
-    meta = writer.finish(run, chunk.schema or index_schema(feature_dim(embedder.model.config), None))
+    meta = writer.finish(run, chunk.schema or with_extra_columns(index_schema(feature_dim(embedder.model.config), None), chunk.extra))
     end = time.perf_counter()
     return EmbedSummary(
         Path(out), len(paths), len(todo) - failed, skipped, failed, end - start, end - model_ready, _errors_of(meta, paths)
@@ -230,8 +270,8 @@ def _errors_of(meta: dict, paths: list[str]) -> list[dict[str, str]]:
 class _Chunk:
     """Rows and errors gathered since the last commit; the table schema is fixed by the first features."""
 
-    def __init__(self, patches: bool) -> None:
-        self.patches = patches
+    def __init__(self, patches: bool, extra: list[str]) -> None:
+        self.patches, self.extra = patches, extra
         self.schema = None
         self.grid: tuple[int, int] | None = None
         self._clear()
@@ -248,7 +288,7 @@ class _Chunk:
             return
         if self.schema is None:
             self.grid = tuple(features.patches.shape[1:3]) if self.patches else None
-            self.schema = index_schema(features.cls.shape[1], self.grid)
+            self.schema = with_extra_columns(index_schema(features.cls.shape[1], self.grid), self.extra)
         values = {
             "path": [item.path for item in good],
             "sha256": [item.sha256 for item in good],
@@ -259,6 +299,8 @@ class _Chunk:
         }
         if self.patches:
             values["patches"] = [features.patches.to(torch.float16).cpu().numpy().reshape(len(good), -1)]
+        for name in self.extra:
+            values[name] = [dict(item.extra).get(name) for item in good]
         for name, value in values.items():
             self.columns.setdefault(name, []).extend(value)
         self.rows += len(good)

@@ -136,7 +136,9 @@ def rows_table(schema, columns: dict[str, Any]):
 
 
 def read_meta(path: Path) -> dict:
-    """The `dinov3kit` metadata of an index file (model, resolution, errors, ...)."""
+    """The `dinov3kit` metadata of an index file (model, resolution, errors, ...), or of a folder index."""
+    if Path(path).is_dir():
+        return read_folder_meta(Path(path))
     try:
         return _meta_of(pq.read_metadata(path), path)
     except (OSError, ValueError, pa.ArrowException) as error:
@@ -334,7 +336,8 @@ class Index:
 
 
 def read_index(path: str | os.PathLike, feature: str = "cls") -> Index:
-    """Load an index made by `embed` with the chosen feature ("cls" or "mean_patch") normalised.
+    """Load an index made by `embed` (a file, or the folder of `embed --engine ray`) with the chosen
+    feature ("cls" or "mean_patch") normalised.
 
     The file is opened once, so a run replacing it meanwhile does not mix two versions."""
     path = Path(path)
@@ -348,10 +351,14 @@ def read_index(path: str | os.PathLike, feature: str = "cls") -> Index:
     if feature not in VECTOR_COLUMNS:
         raise ValueError(f"feature must be one of {VECTOR_COLUMNS}, got {feature!r}")
     try:
-        with open(path, "rb") as handle:
-            file = pq.ParquetFile(handle)
-            meta = _meta_of(file.metadata, path)
-            table = file.read(columns=["path", feature])
+        if path.is_dir():  # a folder index (`embed --engine ray`): its shards as one table
+            meta = read_folder_meta(path)
+            table = pq.read_table(shard_files(path), columns=["path", feature])
+        else:
+            with open(path, "rb") as handle:
+                file = pq.ParquetFile(handle)
+                meta = _meta_of(file.metadata, path)
+                table = file.read(columns=["path", feature])
         column = table.column(feature).combine_chunks()
         if not isinstance(column.type, pa.FixedSizeListType) or column.null_count or table.column("path").null_count:
             raise IndexFileError(f"{path}: its {feature} column is not a column of vectors; make the index again")
@@ -367,3 +374,57 @@ def read_index(path: str | os.PathLike, feature: str = "cls") -> Index:
         raise IndexFileError(f"{path}: its {feature} vectors hold NaN or infinite values (a corrupt index); make it again")
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return Index(path, meta, paths, (vectors / np.maximum(norms, 1e-12)).astype(np.float32))
+
+
+# --- folder indexes (`embed --engine ray`) ---------------------------------------------------
+#: A folder index holds `part-NNNNNN.parquet` shards (each with the columns and `dinov3kit` metadata of
+#: an index file, its own bad inputs in `errors`) and `_errors.parquet`, the bad inputs of the whole folder.
+#: Names starting with `_` or `.` are skipped by pyarrow, pandas and DuckDB when they read the folder.
+SHARD_GLOB = "part-[0-9]*.parquet"
+ERRORS_FILE = "_errors.parquet"
+
+
+def shard_files(folder: Path) -> list[Path]:
+    """The committed shards of a folder index, in commit order."""
+    return sorted(Path(folder).glob(SHARD_GLOB))
+
+
+def read_folder_meta(folder: Path) -> dict:
+    """The metadata of a folder index as one index file would have it: the run's model and options,
+    `rows` in all, and the bad inputs that have no row."""
+    files = shard_files(folder)
+    if not files:
+        raise IndexFileError(f"{folder}: a folder without index shards ({SHARD_GLOB}); make one with `dinov3kit embed --engine ray`")
+    metas = [read_meta(file) for file in files]
+    errors = {e["path"]: e["error"] for meta in metas for e in meta.get("errors", [])}
+    if errors:
+        keys = {key for file in files for key in pq.read_table(file, columns=["path"]).column("path").to_pylist()}
+        errors = {path: error for path, error in errors.items() if path not in keys}
+    merged = {key: value for key, value in metas[0].items() if key not in ("rows", "errors")}
+    return merged | {"rows": sum(meta.get("rows", 0) for meta in metas), "shards": len(files),
+                     "errors": [{"path": p, "error": e} for p, e in errors.items()]}
+
+
+def merge_index(folder: str | os.PathLike, out: str | os.PathLike) -> dict:
+    """Compact the folder index `folder` into the single index file `out` (atomically; each path once)
+    and return its metadata."""
+    from ..fileio import atomic_write
+
+    folder, out = Path(folder), Path(out)
+    if not folder.is_dir():
+        raise IndexFileError(f"{folder}: not a folder index (merge compacts the folder `embed --engine ray` writes)")
+    meta = read_folder_meta(folder)
+    files = shard_files(folder)
+    schema = pq.read_schema(files[0]).remove_metadata()
+    seen: set[str] = set()
+    with atomic_write(out, sources=files) as temporary:
+        with pq.ParquetWriter(temporary, schema) as writer:
+            for source in files:
+                table = pq.read_table(source).replace_schema_metadata(None)
+                paths = table.column("path").to_pylist()
+                fresh = [p not in seen for p in paths]
+                seen.update(paths)
+                writer.write_table(table if all(fresh) else table.filter(pa.array(fresh)))
+            meta = {key: value for key, value in meta.items() if key not in ("shards", "engine")} | {"rows": len(seen)}
+            writer.add_key_value_metadata({META_KEY: json.dumps(meta)})
+    return meta
