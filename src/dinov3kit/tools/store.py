@@ -394,7 +394,7 @@ def read_folder_meta(folder: Path) -> dict:
     `rows` in all, and the bad inputs that have no row."""
     files = shard_files(folder)
     if not files:
-        raise IndexFileError(f"{folder}: a folder without index shards ({SHARD_GLOB}); make one with `dinov3kit embed --engine ray`")
+        raise IndexFileError(f"{folder}: a folder, not an index file (nor a folder index: no {SHARD_GLOB} shards of `dinov3kit embed --engine ray`)")
     metas = [read_meta(file) for file in files]
     errors = {e["path"]: e["error"] for meta in metas for e in meta.get("errors", [])}
     if errors:
