@@ -181,7 +181,6 @@ def embed_images(
     items = collect_items(sources, path_column=path_column)
     if not items:
         raise ValueError("the sources name no images")
-    paths = [item.key for item in items]
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"{out}: a folder; -o names the index file to write (e.g. {out / 'index.parquet'})")

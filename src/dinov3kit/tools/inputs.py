@@ -21,7 +21,7 @@ import os
 import re
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Iterable, Iterator
 from urllib.parse import urlparse
 
