@@ -3,6 +3,7 @@
 import importlib
 
 from .configs import DINOv3ConvNextConfig, DINOv3ViTConfig
+from .models.dinotxt import DINOv3TextConfig, DINOv3TextModel
 from .models.convnext import DINOv3ConvNextBackbone, DINOv3ConvNextModel, DINOv3ConvNextPreTrainedModel
 from .models.outputs import BackboneOutput, BaseModelOutputWithPooling, ModelOutput
 from .models.vit import DINOv3ViTBackbone, DINOv3ViTModel, DINOv3ViTPreTrainedModel
@@ -16,6 +17,7 @@ from .quantize import QuantizationError, quantize  # the function shadows the mo
 #: Names whose modules import PIL, loaded on first use so that `import dinov3kit` stays fast.
 _LAZY = {
     "BatchFeature": "processing",
+    "TextTokenizer": "text",
     "DINOv3ViTImageProcessor": "processing",
     "DINOv3ViTImageProcessorFast": "processing",
     "processor_for_model": "processing",
@@ -44,6 +46,7 @@ __all__ = [
     "DINOv3ViTImageProcessor",
     "DINOv3ViTImageProcessorFast",
     "ImageLoadError",
+    "TextTokenizer",
     "load_image",
     "load_images",
     "pipeline",
@@ -59,6 +62,8 @@ __all__ = [
     "DINOv3ConvNextConfig",
     "DINOv3ConvNextModel",
     "DINOv3ConvNextPreTrainedModel",
+    "DINOv3TextConfig",
+    "DINOv3TextModel",
     "DINOv3ViTBackbone",
     "DINOv3ViTConfig",
     "DINOv3ViTModel",

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from .fileio import MAX_BYTES_ENV, OutputLockedError, atomic_write, parse_size
 from .cli_heads import add_head_commands
+from .cli_text import add_text_commands, run_text_search
 from .tools.runtime import DEFAULT_MODEL, DEFAULT_RESOLUTION, MODEL_ENV
 
 DENSE_RESOLUTION = 768
@@ -129,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = _command(commands, "search", run_search, "nearest neighbours of query images or rows", resolution=None)
     search.add_argument("index", type=Path, metavar="INDEX")
-    search.add_argument("queries", nargs="+", metavar="QUERY", help="image files (embedded with the index's model) or row ids")
+    search.add_argument("queries", nargs="*", metavar="QUERY", help="image files (embedded with the index's model) or row ids")
     search.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
     search.add_argument("--feature", choices=("cls", "mean_patch"), default="cls", help="which embedding to compare (default cls)")
     search.add_argument("--exclude-self", action="store_true", help="leave a row-id query out of its own results")
@@ -179,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", nargs="?", metavar="MODEL", help=f"hub id, folder, .pth, or a .parquet index (default ${MODEL_ENV} or {DEFAULT_MODEL})")
     info.add_argument("--json", action="store_true")
     add_head_commands(commands)
+    add_text_commands(commands, _command)
     for command in commands.choices.values():  # also accepted after the command's name
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     return parser
@@ -268,6 +270,10 @@ def run_search(args) -> int:
     from .tools.search import search_index
     from .tools.store import read_index
 
+    if args.text:
+        return run_text_search(args)
+    if not args.queries:
+        raise UsageError("give QUERY images or row ids, or --text \"words\" for an index made with a dino.txt model")
     index = read_index(args.index, args.feature)
     needs_model = any(os.path.isfile(query) for query in args.queries)
     if needs_model and not (args.model or index.meta.get("model")):

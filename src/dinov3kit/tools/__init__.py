@@ -24,6 +24,7 @@ _EXPORTS = {
     "ModelUnavailableError": "runtime",
     "QueryResult": "search",
     "SourceError": "sources",
+    "classify_images": "text",
     "collect_images": "sources",
     "contact_sheet": "sheet",
     "convert_checkpoint": "checkpoints",
@@ -31,9 +32,12 @@ _EXPORTS = {
     "describe_model": "checkpoints",
     "embed_images": "embed",
     "find_duplicates": "dedup",
+    "load_text_model": "text",
     "pca_images": "pca",
     "read_index": "store",
     "search_index": "search",
+    "search_text": "text",
+    "segment_image": "text",
     "similarity_image": "similarity",
 }
 

@@ -92,7 +92,10 @@ def load_model(source: str, device: torch.device, dtype: torch.dtype | None):
     """A DINOv3 model (ViT or ConvNeXt) from a hub id, a transformers folder or a Meta .pth file
     (`dtype` None keeps the stored dtype). Raises `ModelUnavailableError` saying how to get weights."""
     from ..auto import AutoModel
+    from .text import is_text_model_source, load_image_tower
 
+    if is_text_model_source(source):  # dino.txt: its image side, whose embedding aligns with text
+        return load_image_tower(source, device, dtype)
     try:
         return AutoModel.from_pretrained(source, dtype=dtype, device=device)
     except CheckpointError as error:
