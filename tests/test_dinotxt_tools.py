@@ -171,3 +171,21 @@ def test_vision_only_models_are_refused_with_the_models_that_can(checkpoints, ca
     assert code == 2 and "not a dino.txt model" in err
     code, _, err = run(capsys, "classify", PHOTOS / "cat.jpg", "--labels", "cat,cat", "--model", checkpoints["folder"])
     assert code == 2 and "more than once" in err
+
+
+def test_readme_example_runs(checkpoints, tmp_path, monkeypatch):
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Text search (dino.txt)") :]
+    block = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    code = (
+        block.replace('"checkpoints/dinov3_vitl16_dinotxt_vision_head_and_text_encoder-a442d8f5.pth"', repr(str(checkpoints["head"])))
+        .replace('"photos/cat.jpg"', repr(str(PHOTOS / "cat.jpg")))
+        .replace('"dinotxt-vitl16"', repr(str(tmp_path / "folder")))
+        .replace('"cat_segments.png"', repr(str(tmp_path / "seg.png")))
+    )
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert (tmp_path / "folder" / "model.safetensors").exists() and (tmp_path / "seg.png").exists()
+    assert namespace["maps"].shape == (1, 2, 14, 14)
