@@ -189,3 +189,14 @@ def test_readme_example_runs(checkpoints, tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)
     assert (tmp_path / "folder" / "model.safetensors").exists() and (tmp_path / "seg.png").exists()
     assert namespace["maps"].shape == (1, 2, 14, 14)
+
+
+def test_info_and_convert_make_one_folder_from_metas_two_files(checkpoints, model, tmp_path, capsys):
+    code, out, err = run(capsys, "info", checkpoints["head"], "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["model_type"] == "dinov3_dinotxt" and info["parameters"] == model.num_parameters()
+    code, _, err = run(capsys, "convert", checkpoints["head"], tmp_path / "one")
+    assert code == 0, err
+    converted = load_text_model(tmp_path / "one", device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(converted.state_dict().values(), model.state_dict().values()))

@@ -164,6 +164,14 @@ class ImageTower(nn.Module):
     def patch_grid(self, pixel_values: torch.Tensor) -> tuple[int, int]:
         return self.text_model.backbone.patch_grid(pixel_values)
 
+    def num_parameters(self) -> int:
+        """Parameters of the whole dino.txt model (for `dinov3kit info`)."""
+        return self.text_model.num_parameters()
+
+    def save_pretrained(self, folder: str | os.PathLike, **_: Any) -> Path:
+        """The whole dino.txt model as one folder (`dinov3kit convert HEAD.pth FOLDER`)."""
+        return self.text_model.save_pretrained(folder)
+
     def forward(self, pixel_values: torch.Tensor) -> BaseModelOutputWithPooling:
         image, patches = self.text_model.get_image_and_patch_features(pixel_values)  # [B, E], [B, h, w, P]
         patches = patches.flatten(1, 2)
