@@ -117,15 +117,16 @@ def find_backbone(head: Path) -> Path:
 def load_text_model(
     source: str | os.PathLike, *, device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto"
 ) -> DINOv3TextModel:
-    """A dino.txt model in eval mode on `device` in `dtype` ("auto": CUDA/bf16 when present, else CPU/fp32).
-    Raises `NotATextModelError` for other checkpoints."""
+    """A dino.txt model in eval mode on `device` in `dtype` ("auto": CUDA/bf16 when present, else CPU/fp32;
+    None: as stored). Raises `NotATextModelError` for other checkpoints."""
     if not is_text_model_source(source):
-        kind = "missing" if not Path(source).exists() and "/" not in str(source) else "vision-only"
+        kind = "a vision-only checkpoint" if Path(source).expanduser().exists() else "no local dino.txt folder or file"
         raise NotATextModelError(f"{source} is not a dino.txt model ({kind}); {text_models_hint()}")
     target = pick_device(device)
     path = Path(source).expanduser()
     backbone = None if path.is_dir() else find_backbone(path)
-    model = DINOv3TextModel.from_pretrained(path, backbone=backbone, dtype=pick_dtype(dtype, target), device=target)
+    dtype = None if dtype is None else pick_dtype(dtype, target)
+    model = DINOv3TextModel.from_pretrained(path, backbone=backbone, dtype=dtype, device=target)
     return model.eval()
 
 
