@@ -77,6 +77,14 @@ def test_parity_with_meta_twin(model, twin, inputs):
     assert (head_patches.flatten(1, 2) - patches).abs().max() <= ATOL
 
 
+def test_short_batches_skip_the_padding_exactly(model, twin, inputs):
+    """Texts shorter than the context run only up to their last end token; the twin runs all 77 columns."""
+    short = inputs[1][[0, 1, 3]]
+    with torch.no_grad():
+        assert (model.get_text_features(short) - twin.encode_text(short)).abs().max() <= ATOL
+        assert (model.get_text_features(short[1:2]) - twin.encode_text(short[1:2])).abs().max() <= ATOL  # ""
+
+
 def test_every_parameter_matters(model, inputs):
     """Perturbing any one tensor of the vision head, the text encoder or the logit scale changes the logits
     or the patch similarities (the backbone's own tensors are checked in test_vit / test_weights)."""

@@ -267,8 +267,10 @@ class DINOv3TextModel(PreTrainedModel):
                 f"input_ids have {input_ids.shape[1]} tokens; the text encoder takes at most "
                 f"{self.config.text_context_length}"
             )
-        tokens = self.text_model(input_ids)  # [T, L, D]
         ends = input_ids.argmax(dim=-1)
+        # Causal attention: the end token never sees the padding after it, so the columns past the last end
+        # token cannot change the result; dropping them makes short prompts ~5x cheaper than 77 tokens.
+        tokens = self.text_model(input_ids[:, : int(ends.max()) + 1])  # [T, L', D]
         features = self.text_projection(tokens[torch.arange(tokens.shape[0], device=tokens.device), ends])
         return F.normalize(features, dim=-1) if normalize else features
 
