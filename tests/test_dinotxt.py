@@ -85,21 +85,27 @@ def test_short_batches_skip_the_padding_exactly(model, twin, inputs):
         assert (model.get_text_features(short[1:2]) - twin.encode_text(short[1:2])).abs().max() <= ATOL  # ""
 
 
-def test_every_parameter_matters(model, inputs):
-    """Perturbing any one tensor of the vision head, the text encoder or the logit scale changes the logits
-    or the patch similarities (the backbone's own tensors are checked in test_vit / test_weights)."""
+@pytest.fixture
+def one_thread():
+    """Tiny forwards in a loop: one thread avoids OpenMP hand-offs that dominate them on a loaded box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_parameter_matters(model, inputs, one_thread):
+    """Perturbing any one tensor of the vision head, the text encoder or the logit scale changes the CLIP
+    logits (the backbone's own tensors are checked in test_vit / test_weights)."""
     pixels, ids = inputs[0][:1], inputs[1][:2]
-
-    def probe():
-        with torch.no_grad():
-            return model(ids, pixels).logits_per_image, model.get_patch_text_similarity(pixels, ids)
-
-    reference = probe()
+    with torch.no_grad():
+        reference = model(ids, pixels).logits_per_image
     dead = []
     for name, undo in perturbations(model, seed=4):
         if not name.startswith("backbone."):
-            if all(torch.allclose(new, old, atol=1e-6) for new, old in zip(probe(), reference)):
-                dead.append(name)
+            with torch.no_grad():
+                if torch.allclose(model(ids, pixels).logits_per_image, reference, atol=1e-6):
+                    dead.append(name)
         undo()
     assert not dead, f"outputs ignore {dead}"
 
