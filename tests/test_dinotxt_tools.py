@@ -25,7 +25,7 @@ from dinov3kit.tools.text import (
     BACKBONE_ENV,
     NotATextModelError,
     PROMPT_TEMPLATES,
-    classify_images,
+    zero_shot_classify,
     encode_texts,
     label_embeddings,
     load_text_model,
@@ -112,7 +112,7 @@ def test_classify_probabilities_csv_json_and_bad_images(checkpoints, model, tmp_
     good = results[0]["probabilities"]
     assert list(good) == ["cat", "rocket", "car"] and sum(good.values()) == pytest.approx(1.0, abs=1e-5)
 
-    api = classify_images([PHOTOS / "cat.jpg"], ["cat", "rocket", "car"], model=model, templates=["a photo of a {}.", "a {}"])
+    api = zero_shot_classify([PHOTOS / "cat.jpg"], ["cat", "rocket", "car"], model=model, templates=["a photo of a {}.", "a {}"])
     assert api[0].probabilities == pytest.approx(good, abs=1e-6)
     weights = label_embeddings(model, ["cat", "rocket", "car"], ["a photo of a {0}.", "a {0}"])
     manual = []
@@ -171,6 +171,10 @@ def test_vision_only_models_are_refused_with_the_models_that_can(checkpoints, ca
     assert code == 2 and "not a dino.txt model" in err
     code, _, err = run(capsys, "classify", PHOTOS / "cat.jpg", "--labels", "cat,cat", "--model", checkpoints["folder"])
     assert code == 2 and "more than once" in err
+    code, _, err = run(capsys, "classify", PHOTOS / "cat.jpg", "--model", checkpoints["folder"])  # shared with the linear head
+    assert code == 2 and "--head" in err and "--labels" in err
+    code, _, err = run(capsys, "classify", PHOTOS / "cat.jpg", "--labels", "cat", "--head", "x.pth", "--model", checkpoints["folder"])
+    assert code == 2 and "exclude each other" in err
 
 
 def test_readme_example_runs(checkpoints, tmp_path, monkeypatch):

@@ -60,7 +60,7 @@ def add_classify_command(commands) -> None:
     classify = commands.add_parser("classify", help="ImageNet-1k classes of images with Meta's linear head (dinov3_vit7b16_lc)")
     classify.set_defaults(run=run_classify)
     classify.add_argument("images", nargs="+", metavar="IMAGES", help="images, folders, globs or lists")
-    classify.add_argument("--head", required=True, type=Path, metavar="HEAD.pth", help="Meta's linear head file (dinov3_vit7b16_imagenet1k_linear_head-*.pth)")
+    classify.add_argument("--head", type=Path, metavar="HEAD.pth", help="Meta's linear head file (dinov3_vit7b16_imagenet1k_linear_head-*.pth); or --labels for dino.txt zero-shot")
     classify.add_argument("-k", "--top-k", type=int, default=5, help="classes per image (default 5)")
     classify.add_argument("--model", help="the backbone: Meta .pth, transformers folder or hub id (default: $DINOV3KIT_MODEL)")
     classify.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, ...")
@@ -116,6 +116,8 @@ def run_classify(args) -> int:
     from .tools.heads import classify_images, load_linear_classifier
     from .tools.runtime import model_source, pick_device, pick_dtype
 
+    if args.head is None:
+        raise ValueError('give --head HEAD.pth (Meta\'s linear ImageNet head) or --labels "cat,dog" (zero-shot with a dino.txt --model)')
     device = pick_device(args.device)
     classifier = load_linear_classifier(model_source(args.model), args.head, device=device, dtype=pick_dtype(args.dtype, device))
     for result in classify_images(classifier, args.images, top_k=args.top_k, resolution=args.resolution):

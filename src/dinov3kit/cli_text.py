@@ -20,9 +20,15 @@ def add_text_commands(commands, command: Callable) -> None:
         help="search an index embedded with a dino.txt model by words (repeatable), instead of QUERY images",
     )  # fmt: skip
 
-    classify = command(commands, "classify", run_classify, "zero-shot labels of images with a dino.txt model", resolution=224)
-    classify.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (recursive), globs or .txt/.csv lists")
-    classify.add_argument("--labels", required=True, help='comma-separated labels, e.g. "cat,dog,car"')
+    if "classify" in commands.choices:  # Meta's linear ImageNet head (cli_heads) owns it: --labels switches to dino.txt
+        classify = commands.choices["classify"]
+        linear_head = classify.get_default("run")
+        classify.set_defaults(run=lambda args: run_classify(args) if args.labels else linear_head(args))
+        classify.add_argument("--batch-size", type=int, default=32, help="images per forward pass with --labels (default 32)")
+    else:
+        classify = command(commands, "classify", run_classify, "zero-shot labels of images with a dino.txt model", resolution=224)
+        classify.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (recursive), globs or .txt/.csv lists")
+    classify.add_argument("--labels", help='zero-shot with a dino.txt --model: comma-separated labels, e.g. "cat,dog,car"')
     _templates_option(classify)
     classify.add_argument("--format", choices=("table", "csv", "json"), default="table")
     classify.add_argument("-o", "--output", type=Path, help="write to this file instead of the terminal")
@@ -81,13 +87,15 @@ def run_text_search(args) -> int:
 
 def run_classify(args) -> int:
     from .tools.sources import collect_images
-    from .tools.text import classify_images, parse_labels
+    from .tools.text import zero_shot_classify, parse_labels
 
+    if getattr(args, "head", None) is not None:
+        raise ValueError("--head (Meta's linear ImageNet head) and --labels (dino.txt zero-shot) exclude each other")
     labels = parse_labels(args.labels)
     paths = [str(p) for p in collect_images(args.images)]
     if not paths:
         raise ValueError("the arguments name no images")
-    results = classify_images(
+    results = zero_shot_classify(
         paths, labels, model=_load(args), templates=_templates(args.templates), resolution=args.resolution,
         batch_size=args.batch_size, progress=not args.quiet,
     )

@@ -24,7 +24,6 @@ _EXPORTS = {
     "ModelUnavailableError": "runtime",
     "QueryResult": "search",
     "SourceError": "sources",
-    "classify_images": "text",
     "collect_images": "sources",
     "contact_sheet": "sheet",
     "convert_checkpoint": "checkpoints",
@@ -39,6 +38,7 @@ _EXPORTS = {
     "search_text": "text",
     "segment_image": "text",
     "similarity_image": "similarity",
+    "zero_shot_classify": "text",
 }
 
 __all__ = sorted(_EXPORTS)

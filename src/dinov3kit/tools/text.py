@@ -1,9 +1,9 @@
 """Text tools on dino.txt models: search an index by words, zero-shot labels, open-vocabulary segmentation.
 
-    from dinov3kit.tools.text import load_text_model, search_text, classify_images, segment_image
+    from dinov3kit.tools.text import load_text_model, search_text, zero_shot_classify, segment_image
     model = load_text_model("dinotxt-folder")          # or Meta's head .pth with the ViT-L/16 .pth beside it
     search_text(read_index("photos.parquet"), ["a red car"], model=model)
-    classify_images(["cat.jpg"], ["cat", "dog", "car"], model=model)
+    zero_shot_classify(["cat.jpg"], ["cat", "dog", "car"], model=model)
     segment_image("street.jpg", ["road", "car", "sky"], model=model).picture()
 
 Prompts follow Meta's notebooks: each label is written into the 80 ImageNet templates of OpenAI's CLIP,
@@ -291,7 +291,7 @@ class Classification:
         return {"path": self.path, "label": self.label, "probabilities": self.probabilities, "error": self.error}
 
 
-def classify_images(
+def zero_shot_classify(
     images: Iterable[str | os.PathLike],
     labels: str | Sequence[str],
     *,
