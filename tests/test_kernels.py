@@ -126,8 +126,12 @@ def test_model_with_fused_kernels_matches_the_torch_path(monkeypatch, gated):
         assert not calls
         for module in (layers, vit, modules):  # on a CPU: the interpreted kernels
             monkeypatch.setattr(module, "fused_kernels_usable", lambda x: True)
+        hooked = []  # hooks on the linears fire in the fused path too
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                module.register_forward_hook(lambda *args: hooked.append(1))
         got = model(pixels, output_hidden_states=True)
-    assert len(calls) == 2
+    assert len(calls) == 2 and len(hooked) == 1 + 4 * 2
     for a, b in zip(got.hidden_states, expected.hidden_states):
         assert (a - b).abs().max() <= 1e-5
     assert (got.last_hidden_state - expected.last_hidden_state).abs().max() <= 1e-5
@@ -177,7 +181,8 @@ def test_reused_cpu_buffers_serve_inference_mode_then_no_grad():
 def test_outputs_never_share_the_reused_buffers():
     from dinov3kit import DINOv3ViTConfig, DINOv3ViTModel
 
-    model = DINOv3ViTModel(DINOv3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)).eval()
+    config = DINOv3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    model = DINOv3ViTModel(config).eval()
     with torch.inference_mode():
         first = model(torch.randn(2, 3, 32, 32), output_hidden_states=True)
         kept = [h.clone() for h in first.hidden_states] + [first.last_hidden_state.clone()]
@@ -194,3 +199,16 @@ def test_empty_inputs_launch_no_kernel(monkeypatch):
     out, normed = kernels.add_layer_norm(torch.randn(0, 5, 16), torch.randn(0, 5, 16), torch.ones(16), norm)
     assert out.shape == normed.shape == (0, 5, 16)
     assert kernels.silu_mul(torch.randn(0, 5, 32)).shape == (0, 5, 16)
+
+
+def test_a_hooked_norm_or_layer_scale_keeps_the_block_out_of_the_fused_step():
+    from dinov3kit import DINOv3ViTConfig, DINOv3ViTModel
+    from dinov3kit.models import vit
+
+    config = DINOv3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    model = DINOv3ViTModel(config)
+    assert all(vit.fusable(block) for block in model.blocks)
+    model.blocks[0].norm2.register_forward_hook(lambda *args: None)
+    model.blocks[1].ls1 = torch.nn.Identity()
+    model.train()
+    assert not any(vit.fusable(block) for block in model.blocks)

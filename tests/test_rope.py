@@ -6,7 +6,14 @@ import pytest
 import torch
 from transformers.models.dinov3_vit import modeling_dinov3_vit as hf
 
-from dinov3kit.models.rope import augment_coordinates, patch_coordinates, rope_angles, rope_cos_sin, rope_periods, rotate_
+from dinov3kit.models.rope import (
+    augment_coordinates,
+    patch_coordinates,
+    rope_angles,
+    rope_cos_sin,
+    rope_periods,
+    rotate_,
+)
 from oracles.rope import apply_rope, rotate_half
 
 

@@ -54,7 +54,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
       is written into pooled memory (`pools`): fresh activation buffers cost page faults on first touch.
     - bf16/fp16 on a CPU without half-precision matrix units: a product of at least UPCAST_MIN_ROWS rows is
       computed in fp32 and rounded once to the input dtype. That is the arithmetic of oneDNN's half kernels
-      (exact products, fp32 sums), and 2-3x faster on such CPUs.
+      (exact products, fp32 sums), and much faster on such CPUs.
 
     Weights of other tensor types (quantized) keep their own kernels, and compiled graphs leave the choice
     to the compiler."""

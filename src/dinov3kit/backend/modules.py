@@ -74,7 +74,8 @@ class FastConv2d(nn.Conv2d):
 def linear_then_activation(linear: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """act(linear(x)). For GELU in inference: in fp32 on the CPU with few rows one oneDNN call with the exact
     GELU fused in; otherwise the GELU in place in the product's fresh output (no second buffer)."""
-    if unobserved(linear, FastLinear) and unobserved(act, nn.GELU) and cpu.inference_only(x, linear.weight, linear.bias):
+    plain = unobserved(linear, FastLinear) and unobserved(act, nn.GELU)
+    if plain and cpu.inference_only(x, linear.weight, linear.bias):
         if act.approximate == "none" and cpu.linear_gelu_usable(x, linear.weight):
             return cpu.linear_gelu(x, linear.weight, linear.bias)
         return torch.ops.aten.gelu_(linear(x), approximate=act.approximate)

@@ -39,7 +39,9 @@ class ActivationPool:
             return torch.empty(shape, dtype=dtype, device=device)
         pool = self._buffers()
         fits = [
-            entry for entry in pool if entry[0].dtype == dtype and count <= entry[0].numel() <= 2 * count and _idle(entry)
+            entry
+            for entry in pool
+            if entry[0].dtype == dtype and count <= entry[0].numel() <= 2 * count and _idle(entry)
         ]
         if fits:
             buffer = min(fits, key=lambda entry: entry[0].numel())[0]

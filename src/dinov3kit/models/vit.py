@@ -304,7 +304,7 @@ class DINOv3ViTBackbone(BackboneMixin, DINOv3ViTPreTrainedModel):
             keep=None if output_hidden_states else config.out_indices,
         )
         last_hidden_state = self.norm(hidden_states[-1])
-        batch, grid, prefix = pixel_values.shape[0], self.patch_grid(pixel_values), config.num_prefix_tokens
+        grid, prefix = self.patch_grid(pixel_values), config.num_prefix_tokens
         feature_maps, cls_tokens = [], []
         for index in config.out_indices:
             index %= len(hidden_states)
