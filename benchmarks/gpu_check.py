@@ -101,14 +101,11 @@ def profile(case: str, device: torch.device) -> None:
     theirs = HFModel._from_config(HFConfig(**{k: getattr(config, k) for k in keys}), attn_implementation="sdpa")
     theirs = theirs.to(device, torch.bfloat16).eval()
     pixels = torch.randn(int(batch), 3, int(size), int(size), device=device, dtype=torch.bfloat16)
-    from dinov3kit.models import kernels
+    from dinov3kit.backend import overridden
 
     def unfused():
-        kernels.enabled = False
-        try:
+        with overridden(fused_kernels=False):
             return ours(pixels)
-        finally:
-            kernels.enabled = True
 
     runs = {
         "dinov3kit": lambda: ours(pixels),

@@ -409,3 +409,90 @@ def test_bad_input_shapes_are_explained(twins):
         ours(torch.randn(1, 1, 64, 64))
     with pytest.raises(ValueError, match="smaller than the model's stride of 32 px"):
         ours(torch.randn(1, 3, 64, 20))
+
+
+# --- the module contract: hooks, adapters, swapped modules; empty batches ---------------------------
+
+
+def tiny_convnext(cls=DINOv3ConvNextModel, **config):
+    from oracles.random_weights import randomize_
+
+    torch.manual_seed(0)
+    return randomize_(cls(DINOv3ConvNextConfig(**{**TINY, **config})), seed=0).eval()
+
+
+@pytest.mark.parametrize("path", ["fp32-inference", "bf16-inference", "train"])
+def test_forward_hooks_fire_on_every_linear_and_conv(path):
+    model = tiny_convnext()
+    calls = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            calls[name] = 0
+            module.register_forward_hook(lambda *args, name=name: calls.__setitem__(name, calls[name] + 1))
+    assert len(calls) == 4 + 3 * sum(TINY["depths"])  # the downsampling convs; dwconv, pwconv1, pwconv2 per block
+    pixels = torch.randn(2, 3, 64, 64)
+    if path == "train":
+        model.train()(pixels).pooler_output.sum().backward()
+    else:
+        with torch.inference_mode():
+            model.to(torch.bfloat16)(pixels.bfloat16()) if path == "bf16-inference" else model(pixels)
+    assert set(calls.values()) == {1}, calls
+
+
+@pytest.mark.parametrize("where", ["pwconv1", "act", "pwconv2"])
+def test_a_swapped_module_takes_effect(where):
+    model = tiny_convnext()
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        before = model(pixels).last_hidden_state
+        block = model.stages[3].blocks[0]
+        inner = getattr(block, where)
+        setattr(block, where, torch.nn.Sequential(inner, torch.nn.Hardtanh(-0.1, 0.1)))
+        assert max_diff(model(pixels).last_hidden_state, before) > 1e-3
+
+
+def test_peft_lora_on_pwconv1_changes_outputs_and_trains():
+    peft = pytest.importorskip("peft")
+    model = tiny_convnext()
+    pixels, target = torch.randn(4, 3, 64, 64), torch.randn(4, 32)
+    with torch.no_grad():
+        before = model(pixels).pooler_output
+    config = peft.LoraConfig(r=4, target_modules=["pwconv1"], init_lora_weights=False)
+    model = peft.inject_adapter_in_model(config, model)
+    adapters = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert len(adapters) == 2 * sum(TINY["depths"])
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in adapters)
+    with torch.inference_mode():
+        assert max_diff(model(pixels).pooler_output, before) > 1e-3
+    optimizer = torch.optim.AdamW(adapters.values(), lr=1e-2)
+    model.train()
+    losses = []
+    for _ in range(6):
+        loss = (model(pixels).pooler_output - target).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        if not losses:
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapters.values())
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("mode", ["inference", "no-grad", "train"])
+def test_an_empty_batch_gives_empty_outputs_of_the_right_shapes(mode):
+    model = tiny_convnext()
+    backbone = tiny_convnext(DINOv3ConvNextBackbone, out_indices=[1, 4])
+    empty = torch.randn(0, 3, 64, 96)
+    if mode == "train":
+        model.train(), backbone.train()
+    contexts = {"inference": torch.inference_mode, "no-grad": torch.no_grad, "train": torch.enable_grad}
+    with contexts[mode]():
+        output = model(empty, output_hidden_states=True)
+        layers = model.get_intermediate_layers(empty, n=2, reshape=True, return_class_token=True)
+        maps = backbone(empty).feature_maps
+    assert output.last_hidden_state.shape == (0, 1 + 2 * 3, 32) and output.pooler_output.shape == (0, 32)
+    stages = [(0, 8, 16, 24), (0, 16, 8, 12), (0, 24, 4, 6), (0, 32, 2, 3)]
+    assert [tuple(h.shape) for h in output.hidden_states[1:]] == stages
+    assert [(p.shape, c.shape) for p, c in layers] == [((0, 24, 4, 6), (0, 24)), ((0, 32, 2, 3), (0, 32))]
+    assert [m.shape for m in maps] == [(0, 8, 16, 24), (0, 32, 2, 3)]

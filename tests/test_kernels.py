@@ -7,8 +7,15 @@ import torch
 
 pytest.importorskip("triton")
 
-from dinov3kit.models import kernels  # noqa: E402
+from dinov3kit.backend import cpu, kernels  # noqa: E402
+from dinov3kit.backend.config import switches  # noqa: E402
 from dinov3kit.models.rope import rope_cos_sin, rope_periods, rotate_  # noqa: E402
+
+
+def switches_off():
+    from dinov3kit.backend.config import overridden
+
+    return overridden(fused_kernels=False)
 
 
 #: On a GPU the compiled kernels run; elsewhere conftest.py has Triton interpret them on the CPU.
@@ -34,6 +41,8 @@ def test_fused_kernels_are_only_used_where_they_apply(monkeypatch):
     x = torch.randn(2, 3)
     assert not kernels.fused_kernels_usable(x)  # CPU tensors keep the torch ops
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    with switches_off():
+        assert not kernels.fused_kernels_usable(x)
     assert kernels.fused_kernels_usable(x)
     assert not kernels.fused_kernels_usable(x.requires_grad_())  # autograd needs the differentiable ops
     with torch.no_grad():
@@ -97,7 +106,8 @@ def test_fused_silu_gate_matches_the_torch_ops(dtype):
 @pytest.mark.parametrize("gated", [False, True])
 def test_model_with_fused_kernels_matches_the_torch_path(monkeypatch, gated):
     from dinov3kit import DINOv3ViTConfig, DINOv3ViTModel
-    from dinov3kit.models import layers
+    from dinov3kit.backend import modules
+    from dinov3kit.models import layers, vit
     from tests.oracles.random_weights import randomize_
 
     config = DINOv3ViTConfig(
@@ -106,11 +116,22 @@ def test_model_with_fused_kernels_matches_the_torch_path(monkeypatch, gated):
     )  # fmt: skip
     model = randomize_(DINOv3ViTModel(config).eval()).to(DEVICE)
     pixels = torch.randn(2, 3, 48, 64, device=DEVICE)
+    calls = []
+    fused_block = vit.fused_block
+    monkeypatch.setattr(vit, "fused_block", lambda *args: calls.append(1) or fused_block(*args))
     with torch.inference_mode():
-        monkeypatch.setattr(layers, "fused_kernels_usable", lambda x: False)
+        for module in (layers, vit, modules):
+            monkeypatch.setattr(module, "fused_kernels_usable", lambda x: False)
         expected = model(pixels, output_hidden_states=True)
-        monkeypatch.setattr(layers, "fused_kernels_usable", lambda x: True)  # on a CPU: the interpreted kernels
+        assert not calls
+        for module in (layers, vit, modules):  # on a CPU: the interpreted kernels
+            monkeypatch.setattr(module, "fused_kernels_usable", lambda x: True)
+        hooked = []  # hooks on the linears fire in the fused path too
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                module.register_forward_hook(lambda *args: hooked.append(1))
         got = model(pixels, output_hidden_states=True)
+    assert len(calls) == 2 and len(hooked) == 1 + 4 * 2
     for a, b in zip(got.hidden_states, expected.hidden_states):
         assert (a - b).abs().max() <= 1e-5
     assert (got.last_hidden_state - expected.last_hidden_state).abs().max() <= 1e-5
@@ -120,11 +141,11 @@ def test_cpu_linear_gelu_matches_linear_then_gelu():
     torch.manual_seed(0)
     x, weight, bias = torch.randn(2, 9, 24), torch.randn(40, 24) / 5, torch.randn(40)
     with torch.inference_mode():
-        assert kernels.cpu_linear_gelu_usable(x, weight)
+        assert cpu.linear_gelu_usable(x, weight)
         expected = torch.nn.functional.gelu(torch.nn.functional.linear(x, weight, bias))
-        assert (kernels.cpu_linear_gelu(x, weight, bias) - expected).abs().max() <= 1e-6
-        assert not kernels.cpu_linear_gelu_usable(x.bfloat16(), weight)
-    assert not kernels.cpu_linear_gelu_usable(x, weight.requires_grad_())  # autograd keeps the torch ops
+        assert (cpu.linear_gelu(x, weight, bias) - expected).abs().max() <= 1e-6
+        assert not cpu.linear_gelu_usable(x.bfloat16(), weight)
+    assert not cpu.linear_gelu_usable(x, weight.requires_grad_())  # autograd keeps the torch ops
 
 
 def test_cpu_fused_mlp_keeps_model_parity(monkeypatch):
@@ -135,11 +156,11 @@ def test_cpu_fused_mlp_keeps_model_parity(monkeypatch):
     model = randomize_(DINOv3ViTModel(config).eval())
     pixels = torch.randn(2, 3, 48, 64)
     calls = []
-    fused = kernels.cpu_linear_gelu
-    monkeypatch.setattr("dinov3kit.models.layers.cpu_linear_gelu", lambda *a: calls.append(1) or fused(*a))
+    fused = cpu.linear_gelu
+    monkeypatch.setattr(cpu, "linear_gelu", lambda *a: calls.append(1) or fused(*a))
     with torch.inference_mode():
         got = model(pixels).last_hidden_state
-        monkeypatch.setattr(kernels, "enabled", False)
+        monkeypatch.setattr(switches, "fused_kernels", False)
         expected = model(pixels).last_hidden_state
     assert len(calls) == 2 and (got - expected).abs().max() <= 1e-5
 
@@ -153,15 +174,41 @@ def test_reused_cpu_buffers_serve_inference_mode_then_no_grad():
         first = model.eval()(pixels).last_hidden_state.clone()
     with torch.no_grad():
         assert torch.equal(model(pixels).last_hidden_state, first)
-    assert torch.equal(model(pixels).last_hidden_state.detach(), first)  # autograd on: the plain ops
+    plain = model(pixels).last_hidden_state.detach()  # autograd on: the plain ops (other kernels, same sums)
+    assert (plain - first).abs().max() <= 1e-5
 
 
 def test_outputs_never_share_the_reused_buffers():
     from dinov3kit import DINOv3ViTConfig, DINOv3ViTModel
 
-    model = DINOv3ViTModel(DINOv3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)).eval()
+    config = DINOv3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    model = DINOv3ViTModel(config).eval()
     with torch.inference_mode():
         first = model(torch.randn(2, 3, 32, 32), output_hidden_states=True)
         kept = [h.clone() for h in first.hidden_states] + [first.last_hidden_state.clone()]
         model(torch.randn(2, 3, 32, 32), output_hidden_states=True)
     assert all(torch.equal(a, b) for a, b in zip([*first.hidden_states, first.last_hidden_state], kept))
+
+
+def test_empty_inputs_launch_no_kernel(monkeypatch):
+    monkeypatch.setattr(kernels, "_kernels", lambda: pytest.fail("a kernel was launched on an empty input"))
+    qkv = torch.randn(0, 7, 3, 2, 8)
+    cos = sin = torch.ones(6, 8)
+    assert kernels.rotate_qk_(qkv, cos, sin, 1).shape == qkv.shape
+    norm = torch.nn.LayerNorm(16)
+    out, normed = kernels.add_layer_norm(torch.randn(0, 5, 16), torch.randn(0, 5, 16), torch.ones(16), norm)
+    assert out.shape == normed.shape == (0, 5, 16)
+    assert kernels.silu_mul(torch.randn(0, 5, 32)).shape == (0, 5, 16)
+
+
+def test_a_hooked_norm_or_layer_scale_keeps_the_block_out_of_the_fused_step():
+    from dinov3kit import DINOv3ViTConfig, DINOv3ViTModel
+    from dinov3kit.models import vit
+
+    config = DINOv3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    model = DINOv3ViTModel(config)
+    assert all(vit.fusable(block) for block in model.blocks)
+    model.blocks[0].norm2.register_forward_hook(lambda *args: None)
+    model.blocks[1].ls1 = torch.nn.Identity()
+    model.train()
+    assert not any(vit.fusable(block) for block in model.blocks)

@@ -10,8 +10,10 @@ from PIL import Image
 from transformers.models.dinov3_vit import modeling_dinov3_vit as hf
 
 from dinov3kit import DINOv3ViTBackbone, DINOv3ViTConfig, DINOv3ViTModel
+from dinov3kit.backend import cpu
+from dinov3kit.backend.cpu import linear
 from dinov3kit.models import layers, vit
-from dinov3kit.models.layers import PatchEmbed, linear
+from dinov3kit.models.layers import PatchEmbed
 from dinov3kit.models.rope import rope_cos_sin, rope_periods, rotate_
 from dinov3kit.weights import placement
 from oracles.hf_twin import save_hf_vit
@@ -103,7 +105,7 @@ def test_patch_matmul_equals_the_convolution(size):
 def test_half_matmul_on_cpu_without_half_units_is_fp32_rounded_once(monkeypatch):
     x, weight, bias = (torch.randn(*shape).bfloat16() for shape in ((2, 40, 32), (16, 32), (16,)))
     exact = F.linear(x.double(), weight.double(), bias.double())
-    monkeypatch.setattr(layers, "cpu_has_half_matmul_units", lambda: False)
+    monkeypatch.setattr(cpu, "has_half_matmul_units", lambda: False)
     upcast = linear(x, weight, bias)
     assert upcast.dtype == torch.bfloat16
     assert torch.equal(upcast, exact.float().bfloat16())  # fp32 products and sums, one rounding
@@ -112,7 +114,7 @@ def test_half_matmul_on_cpu_without_half_units_is_fp32_rounded_once(monkeypatch)
     linear(x[:1, :10], weight, bias)  # too few rows to repay converting the weight: the half kernel
     linear(x, weight, bias)
     assert seen == [torch.bfloat16, torch.float32]
-    monkeypatch.setattr(layers, "cpu_has_half_matmul_units", lambda: True)
+    monkeypatch.setattr(cpu, "has_half_matmul_units", lambda: True)
     native = linear(x, weight, bias)
     assert (native.float() - exact.float()).abs().max() <= 0.02 * exact.abs().max()
 
@@ -167,9 +169,9 @@ def test_layer_norm_of_an_fp32_stream_computes_in_fp32_and_returns_its_dtype():
 def test_pooled_activations_kept_by_the_caller_survive_later_forwards(monkeypatch):
     """fp32 CPU inference writes activations into pooled buffers; whatever a caller keeps (hidden states,
     hooked module outputs) must never be handed out again."""
-    from dinov3kit import scratch
+    from dinov3kit.backend import pools
 
-    monkeypatch.setattr(scratch, "POOL_MIN_BYTES", 0)  # pool the tiny model's activations too
+    monkeypatch.setattr(pools, "MIN_BYTES", 0)  # pool the tiny model's activations too
     model = tiny_model()
     hooked = []
     model.blocks[0].attn.register_forward_hook(lambda module, args, output: hooked.append(output[0]))

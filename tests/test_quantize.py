@@ -223,3 +223,20 @@ def test_gpu_scheme_keeps_features_of_photos(scheme, threshold, vits16, pixel_va
         tokens = model(pixel_values.cuda()).last_hidden_state.float().cpu()
     cls, patches = feature_similarity(tokens, fp32_tokens, vits16.config.num_prefix_tokens)
     assert cls.min() >= threshold and patches.min() >= threshold, (cls, patches)
+
+
+def test_suppressed_log_messages_drop_only_the_matching_records_and_leave_levels(caplog):
+    import logging
+
+    from dinov3kit.quantize import suppressed_log_messages
+
+    root = logging.getLogger()
+    level = root.level
+    with caplog.at_level(logging.WARNING), suppressed_log_messages("", "pre-processing"):
+        logging.warning("Please consider pre-processing before quantization")
+        logging.warning("something else")
+    logging.warning("pre-processing advice after the block")
+    messages = [record.getMessage() for record in caplog.records]
+    assert "something else" in messages and "pre-processing advice after the block" in messages
+    assert not any("consider pre-processing" in m for m in messages)
+    assert root.level == level and not root.filters

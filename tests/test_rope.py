@@ -7,15 +7,14 @@ import torch
 from transformers.models.dinov3_vit import modeling_dinov3_vit as hf
 
 from dinov3kit.models.rope import (
-    apply_rope,
     augment_coordinates,
     patch_coordinates,
     rope_angles,
     rope_cos_sin,
     rope_periods,
     rotate_,
-    rotate_half,
 )
+from oracles.rope import apply_rope, rotate_half
 
 
 @pytest.mark.parametrize("head_dim", [32, 64, 128])
@@ -51,6 +50,13 @@ def test_cos_sin_match_transformers():
 
 def test_rotate_half():
     assert rotate_half(torch.tensor([1.0, 2.0, 3.0, 4.0])).tolist() == [-3.0, -4.0, 1.0, 2.0]
+
+
+def test_in_place_rotation_is_the_rotate_half_formula():
+    x = torch.randn(2, 5, 16)
+    cos, sin = rope_cos_sin(1, 5, rope_periods(16, 100.0))
+    expected = x * cos + rotate_half(x) * sin
+    assert torch.allclose(rotate_(x.clone(), cos, sin), expected, atol=1e-6)
 
 
 def test_apply_rope_leaves_prefix_and_preserves_norm():

@@ -240,3 +240,174 @@ def test_bad_input_shapes_are_explained():
         model(torch.randn(3, 32, 32))
     with pytest.raises(ValueError, match="smaller than one"):
         model(torch.randn(1, 3, 8, 64))
+
+
+# --- the module contract: hooks, adapters, swapped modules ----------------------------------------
+
+
+def hooked_calls(model: torch.nn.Module) -> dict[str, int]:
+    """A forward hook on every nn.Linear / nn.Conv2d; returns the live {module name: calls} count."""
+    calls = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            calls[name] = 0
+            module.register_forward_hook(lambda *args, name=name: calls.__setitem__(name, calls[name] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("path", ["fp32-inference", "fp32-no-grad", "bf16-inference", "train"])
+def test_forward_hooks_fire_on_every_linear_and_conv(path):
+    model = tiny().eval()
+    expected = model(torch.randn(2, 3, 32, 48)).last_hidden_state.detach()
+    calls = hooked_calls(model)
+    assert len(calls) == 1 + 4 * 2  # patch_embed.proj, then qkv, proj, fc1, fc2 per block
+    pixels = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    if path == "train":
+        model.train()
+        model(pixels).pooler_output.sum().backward()
+    elif path == "bf16-inference":
+        with torch.inference_mode():
+            model.to(torch.bfloat16)(pixels.bfloat16())
+    else:
+        with torch.inference_mode() if path == "fp32-inference" else torch.no_grad():
+            got = model(pixels)
+        assert got.last_hidden_state.shape == expected.shape
+    assert set(calls.values()) == {1}, calls
+
+
+def test_a_hooked_module_sees_what_the_model_uses():
+    """A forward hook that replaces a module's output changes the model's output (hooks are not bypassed)."""
+    model = tiny().eval()
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        before = model(pixels).last_hidden_state
+        model.blocks[1].mlp.fc1.register_forward_hook(lambda module, args, output: output * 0.5)
+        after = model(pixels).last_hidden_state
+    assert max_diff(before, after) > 1e-3
+
+
+@pytest.mark.slow
+def test_forward_hooks_fire_in_a_compiled_model():
+    model = tiny().eval()
+    calls = hooked_calls(model)
+    model.compile(backend="eager", fullgraph=False)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    assert set(calls.values()) == {1}, calls
+
+
+class Doubled(torch.nn.Module):
+    """A module swapped in for another: twice the wrapped module's output."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * self.inner(x)
+
+
+@pytest.mark.parametrize(
+    "where", ["patch_embed.proj", "blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.1.mlp.fc1",
+              "blocks.1.mlp.fc2", "blocks.0.mlp.act", "blocks.0.ls1", "blocks.1.ls2", "blocks.1.norm1"],
+)  # fmt: skip
+@pytest.mark.parametrize("mode", ["inference", "train"])
+def test_a_swapped_module_takes_effect(where, mode):
+    model = tiny()
+    pixels = torch.randn(1, 3, 32, 32)
+
+    def run() -> torch.Tensor:
+        torch.manual_seed(0)  # the same RoPE augmentation in training
+        if mode == "train":
+            return model.train()(pixels).last_hidden_state.detach()
+        with torch.inference_mode():
+            return model.eval()(pixels).last_hidden_state
+
+    before = run()
+    parent, name = model.get_submodule(where.rpartition(".")[0]), where.rpartition(".")[2]
+    setattr(parent, name, Doubled(getattr(parent, name)))
+    assert max_diff(before, run()) > 1e-3, where
+
+
+def test_a_plain_nn_linear_in_place_of_ours_gives_the_same_output():
+    model = tiny().eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        expected = model(pixels).last_hidden_state
+    for block in model.blocks:
+        for parent, name in ((block.attn, "qkv"), (block.attn, "proj"), (block.mlp, "fc1"), (block.mlp, "fc2")):
+            ours = getattr(parent, name)
+            plain = torch.nn.Linear(ours.in_features, ours.out_features, bias=ours.bias is not None)
+            plain.load_state_dict(ours.state_dict())
+            setattr(parent, name, plain)
+    with torch.inference_mode():
+        assert max_diff(model(pixels).last_hidden_state, expected) <= 1e-5
+
+
+def test_peft_lora_on_qkv_and_fc1_changes_outputs_and_trains():
+    peft = pytest.importorskip("peft")
+    model = tiny().eval()
+    pixels, target = torch.randn(4, 3, 32, 32), torch.randn(4, 64)
+    with torch.no_grad():
+        before = model(pixels).pooler_output
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["qkv", "fc1"], init_lora_weights=False)
+    model = peft.inject_adapter_in_model(config, model)
+    adapters = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert len(adapters) == 2 * 2 * 2  # (A, B) x (qkv, fc1) x 2 blocks
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in adapters)
+    with torch.no_grad():
+        assert max_diff(model(pixels).pooler_output, before) > 1e-3  # the adapters are used
+    optimizer = torch.optim.AdamW(adapters.values(), lr=1e-2)
+    model.train()
+    losses = []
+    for _ in range(6):
+        loss = (model(pixels).pooler_output - target).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        if not losses:
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapters.values())
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    with torch.inference_mode():  # the inference fast paths use the adapters too
+        model.eval()
+        assert max_diff(model(pixels).pooler_output, before) > 1e-3
+
+
+# --- empty batches ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["inference", "no-grad", "train", "bf16"])
+def test_an_empty_batch_gives_empty_outputs_of_the_right_shapes(mode):
+    model = tiny().eval()
+    empty = torch.randn(0, 3, 48, 32)
+    contexts = {"inference": torch.inference_mode, "no-grad": torch.no_grad, "train": torch.enable_grad}
+    if mode == "train":
+        model.train()
+    if mode == "bf16":
+        model, empty = model.to(torch.bfloat16), empty.bfloat16()
+    with contexts.get(mode, torch.inference_mode)():
+        output = model(empty, output_hidden_states=True)
+        layers = model.get_intermediate_layers(empty, n=[0, 1], reshape=True, return_class_token=True)
+    assert output.last_hidden_state.shape == (0, 1 + 2 + 6, 64) and output.pooler_output.shape == (0, 64)
+    assert [h.shape for h in output.hidden_states] == [(0, 9, 64)] * 3
+    assert [(p.shape, c.shape) for p, c in layers] == [((0, 64, 3, 2), (0, 64))] * 2
+    if mode == "train":
+        output.last_hidden_state.sum().backward()
+
+
+def test_an_empty_batch_through_the_backbone_and_packed_products():
+    from dinov3kit.backend import packing
+
+    torch.manual_seed(0)
+    config = DINOv3ViTConfig(hidden_size=64, num_attention_heads=2, intermediate_size=128, num_hidden_layers=3,
+                             num_register_tokens=1, out_indices=[1, 3], return_class_token=True)  # fmt: skip
+    backbone = randomize_(DINOv3ViTBackbone(config)).eval()
+    with torch.inference_mode():
+        backbone(torch.randn(1, 3, 32, 32))  # one-row packs exist: the empty batch must not reuse them
+        output = backbone(torch.randn(0, 3, 32, 32))
+    assert [m.shape for m in output.feature_maps] == [(0, 64, 2, 2)] * 2
+    assert [c.shape for c in output.cls_tokens] == [(0, 64)] * 2
+    linears = [m for m in backbone.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(0 not in packing.packed_weights.row_counts(m.weight) for m in linears)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import logging
 import os
 import tempfile
 from collections.abc import Iterable
@@ -140,14 +139,11 @@ def quantize_onnx(path: str | os.PathLike, output: str | os.PathLike) -> Path:
     fly by onnxruntime (its VNNI / AMX kernels make this the fast int8 path on x86 CPUs)."""
     quantization = require("onnxruntime.quantization")
     output = Path(output)
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # it advises a shape-inference pre-pass, which our graphs do not need
-    try:
+    from .quantize import suppressed_log_messages
+
+    with suppressed_log_messages("", "pre-processing before quantization"):  # advice our graphs do not need
         with atomic_write(output, sources=[path]) as temporary:
             quantization.quantize_dynamic(str(path), str(temporary), weight_type=quantization.QuantType.QInt8)
-    finally:
-        root.setLevel(level)
     return output
 
 

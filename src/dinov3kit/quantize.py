@@ -37,21 +37,30 @@ class QuantizationError(RuntimeError):
 def require_torchao():
     """The `torchao.quantization` module, or an error saying how to install it."""
     try:
-        with _quiet_logger("torch.utils._pytree"):  # torchao 0.18 registers an enum that torch 2.14 warns about
+        # torchao 0.18 registers enums that torch 2.14 warns about (a deprecation that is not the user's)
+        with suppressed_log_messages("torch.utils._pytree", "is an Enum subclass and is now natively supported"):
             return importlib.import_module("torchao.quantization")
     except ImportError as error:
         raise ImportError(f"quantization needs the optional package 'torchao'; {INSTALL_HINT}") from error
 
 
 @contextlib.contextmanager
-def _quiet_logger(name: str):
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def suppressed_log_messages(logger_name: str, *fragments: str):
+    """Inside the block, drop the records of logger `logger_name` ("" for the root logger) whose message
+    contains one of `fragments`. Only those: levels, handlers and every other message are left as they are."""
+
+    class DropMatching(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            message = record.getMessage()
+            return not any(fragment in message for fragment in fragments)
+
+    logger = logging.getLogger(logger_name or None)
+    drop = DropMatching()
+    logger.addFilter(drop)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.removeFilter(drop)
 
 
 def cuda_capability(device: torch.device) -> tuple[int, int] | None:

@@ -68,12 +68,6 @@ VIT_VARIANTS: dict[str, ViTVariant] = {
 }
 
 
-def swiglu_hidden_size(dim: int, mlp_ratio: float, align: int = 8) -> int:
-    """Meta's SwiGLU width: two thirds of `dim * mlp_ratio`, rounded up to a multiple of `align`."""
-    hidden = int(dim * mlp_ratio * 2 / 3)
-    return (hidden + align - 1) // align * align
-
-
 def find_vit_variant(
     *,
     hidden_size: int,

@@ -62,7 +62,7 @@ class PreTrainedModel(nn.Module):
         height and width differ if the first input was square); `dynamic=False`
         specialises each shape (fixed-shape serving). `mode="reduce-overhead"` replays CUDA graphs on GPUs,
         `"max-autotune"` also tunes matmuls. Other keyword arguments go to `torch.compile`.
-        On CPUs the eager model's own fast paths do about as well (ViT-S +6%, ViT-B -13% compiled, batch 1).
+        On CPUs the eager model's own fast paths do about as well (benchmarks/README.md).
         """
         super().compile(dynamic=dynamic, fullgraph=fullgraph, mode=mode, **kwargs)
         return self

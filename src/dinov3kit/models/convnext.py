@@ -98,8 +98,7 @@ class DINOv3ConvNextPreTrainedModel(PreTrainedModel):
             raise ValueError(
                 f"input {tuple(pixel_values.shape[-2:])} is smaller than the model's stride of {config.patch_size} px"
             )
-        weight = self.stages[0].downsample[0].weight
-        x = pixel_values.to(dtype=weight.dtype, memory_format=torch.channels_last)
+        x = pixel_values.to(dtype=self.dtype, memory_format=torch.channels_last)
         states = [x]
         use_checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for stage in self.stages[:num_stages]:

@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import DropPath, activation, linear
+from ..backend.cpu import inference_only
+from ..backend.modules import FastLinear, linear_then_activation, unobserved
+from .layers import DropPath, activation
 
 #: Stem: non-overlapping 4x4 patches. Later stages halve the resolution with a 2x2 stride-2 conv.
 STEM_STRIDE = 4
@@ -32,26 +34,20 @@ class ConvNextBlock(nn.Module):
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, KERNEL_SIZE, padding=KERNEL_SIZE // 2, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
-        self.pwconv1 = nn.Linear(dim, MLP_RATIO * dim)
+        self.pwconv1 = FastLinear(dim, MLP_RATIO * dim)
         self.act = activation(act)
-        self.pwconv2 = nn.Linear(MLP_RATIO * dim, dim)
+        self.pwconv2 = FastLinear(MLP_RATIO * dim, dim)
         self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         normed = self.norm(self.dwconv(x).permute(0, 2, 3, 1))  # [B, H, W, C]
-        hidden = linear(normed, self.pwconv1.weight, self.pwconv1.bias)  # [B, H, W, 4C]
-        if hidden.requires_grad or (self.training and self.drop_path.drop_prob > 0):
-            y = linear(self.act(hidden), self.pwconv2.weight, self.pwconv2.bias) * self.gamma
-            return x + self.drop_path(y.permute(0, 3, 1, 2))
-        # Inference: the activation, scale and residual sum overwrite buffers that were just made, since
-        # fresh large allocations (page faults) cost more on CPUs than the arithmetic of these steps.
-        if isinstance(self.act, nn.GELU):
-            hidden = torch.ops.aten.gelu_(hidden, approximate=self.act.approximate)
-        else:
-            hidden = self.act(hidden)
-        y = linear(hidden, self.pwconv2.weight, self.pwconv2.bias)
-        return torch.addcmul(x.permute(0, 2, 3, 1), y, self.gamma, out=y).permute(0, 3, 1, 2)
+        y = self.pwconv2(linear_then_activation(self.pwconv1, self.act, normed))  # [B, H, W, C]
+        if not self.drop_path.active and unobserved(self.pwconv2, FastLinear) and inference_only(y, self.gamma, x):
+            # The scale and residual sum overwrite pwconv2's fresh output: on CPUs a fresh large allocation
+            # (page faults) costs more than the arithmetic of these steps.
+            return torch.addcmul(x.permute(0, 2, 3, 1), y, self.gamma, out=y).permute(0, 3, 1, 2)
+        return x + self.drop_path((y * self.gamma).permute(0, 3, 1, 2))
 
 
 class ConvNextStage(nn.Module):

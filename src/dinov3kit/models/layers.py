@@ -1,24 +1,19 @@
-"""The building blocks of a DINOv3 ViT, one small module each. Shapes: B batch, N tokens, D width."""
+"""The building blocks of a DINOv3 ViT, one small module each. Shapes: B batch, N tokens, D width.
+
+Every module calls its submodules (`self.qkv(x)`), so hooks, PEFT/LoRA wrappers and swapped modules take
+effect. The speed tricks sit behind `dinov3kit.backend`: `FastLinear` / `FastConv2d` pick their CPU kernel
+in their own forward, and the few fusions of two modules apply only where nobody can tell (`unobserved`).
+"""
 
 from __future__ import annotations
-
-import functools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..scratch import pooled
-from . import packing
-from .kernels import (
-    add_layer_norm,
-    cpu_fp32_inference,
-    cpu_linear_gelu,
-    cpu_linear_gelu_usable,
-    fused_kernels_usable,
-    rotate_qk_,
-    silu_mul,
-)
+from ..backend import cpu
+from ..backend.kernels import fused_kernels_usable, rotate_qk_
+from ..backend.modules import FastConv2d, FastLinear, gated_activation, linear_then_activation, unobserved
 from .rope import rotate_
 
 ACTIVATIONS = {
@@ -29,53 +24,6 @@ ACTIVATIONS = {
     "swish": nn.SiLU,
     "relu": nn.ReLU,
 }
-
-
-#: Rows from which an fp32 product beats an emulated half-precision one (measured: 2x at 201 rows, 0.5x at 1).
-UPCAST_MIN_ROWS = 64
-
-
-@functools.cache
-def cpu_has_half_matmul_units() -> bool:
-    """Whether this CPU multiplies bf16/fp16 matrices natively (AVX512-BF16 or AMX); without them oneDNN
-    emulates those kernels at a fraction of the fp32 speed."""
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_amx_fp16_supported")
-    return any(getattr(cpu, name, lambda: False)() for name in checks)
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """`F.linear`, with two CPU inference paths:
-
-    - fp32 (see `cpu_fp32_inference`): a product of few rows multiplies by a prepacked copy of the weight
-      (`packing.linear`); a larger one is written into pooled memory (`scratch.pooled`). Fresh activation
-      buffers cost page faults on first touch, a tenth to a quarter of a forward at batch 16.
-    - bf16/fp16 on a CPU without half-precision matrix units: a product of at least UPCAST_MIN_ROWS rows is
-      computed in fp32 and rounded once to the input dtype. That is the arithmetic of oneDNN's half kernels
-      (exact products, fp32 sums), 2-3x faster on such CPUs (fewer rows do not repay converting the weight).
-
-    Weights of other tensor types (quantized) keep their own kernels, and compiled graphs leave the choice
-    to the compiler."""
-    if cpu_fp32_inference(x, weight):
-        rows = x.reshape(-1, x.shape[-1])
-        out = packing.linear(rows, weight, bias)
-        if out is None:
-            out = pooled((rows.shape[0], weight.shape[0]), x.dtype, x.device)
-            if bias is None:
-                torch.mm(rows, weight.t(), out=out)
-            else:
-                torch.addmm(bias, rows, weight.t(), out=out)
-        return out.view(*x.shape[:-1], weight.shape[0])
-    if (
-        x.dtype in (torch.bfloat16, torch.float16)
-        and not torch.compiler.is_compiling()
-        and x.device.type == "cpu"
-        and type(weight) in (torch.Tensor, nn.Parameter)
-        and x.numel() >= UPCAST_MIN_ROWS * x.shape[-1]
-        and not cpu_has_half_matmul_units()
-    ):
-        return F.linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
-    return F.linear(x, weight, bias)
 
 
 def residual_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -94,31 +42,15 @@ def activation(name: str) -> nn.Module:
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patches to tokens; a remainder that does not fill a patch is cropped.
-
-    The weights are those of a stride = kernel convolution, applied as one matmul over the flattened
-    patches: the same sums, about twice as fast as the convolution on CPUs, and tokens come out contiguous.
-    Compiled graphs use the convolution, which needs no shape guard for the crop.
-    """
+    """Non-overlapping patches to tokens; a remainder that does not fill a patch is cropped."""
 
     def __init__(self, num_channels: int, dim: int, patch_size: int) -> None:
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(num_channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = FastConv2d(num_channels, dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling():  # the crop would add a shape guard (a recompile per remainder)
-            return self.proj(pixel_values).flatten(2).transpose(1, 2)
-        batch, channels, height, width = pixel_values.shape
-        p = self.patch_size
-        rows, cols = height // p, width // p
-        patches = (
-            pixel_values[:, :, : rows * p, : cols * p]
-            .reshape(batch, channels, rows, p, cols, p)
-            .permute(0, 2, 4, 1, 3, 5)  # [B, h, w, C, p, p]: the conv weight's (C, p, p) order
-            .reshape(batch, rows * cols, channels * p * p)
-        )
-        return linear(patches, self.proj.weight.flatten(1), self.proj.bias)  # [B, h*w, D]
+        return self.proj(pixel_values).flatten(2).transpose(1, 2)  # [B, D, h, w] -> [B, h*w, D]
 
 
 class Attention(nn.Module):
@@ -139,18 +71,19 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.dropout = dropout
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.qkv = FastLinear(dim, 3 * dim, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(dim)) if query_bias else None
         self.k_bias = nn.Parameter(torch.zeros(dim)) if key_bias else None
         self.v_bias = nn.Parameter(torch.zeros(dim)) if value_bias else None
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj = FastLinear(dim, dim, bias=proj_bias)
 
     def qkv_bias(self) -> torch.Tensor | None:
         """The [3D] bias of the fused projection (zeros for projections without bias), or None."""
         biases = (self.q_bias, self.k_bias, self.v_bias)
-        if all(b is None for b in biases):
+        present = [b for b in biases if b is not None]
+        if not present:
             return None
-        zeros = torch.zeros(self.proj.in_features, dtype=self.qkv.weight.dtype, device=self.qkv.weight.device)
+        zeros = torch.zeros_like(present[0])
         return torch.cat([zeros if b is None else b for b in biases])
 
     def forward(
@@ -162,15 +95,19 @@ class Attention(nn.Module):
         eager: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, tokens, dim = x.shape
-        qkv = linear(x, self.qkv.weight, self.qkv_bias()).view(batch, tokens, 3, self.num_heads, self.head_dim)
-        if fused_kernels_usable(qkv):
+        qkv = self.qkv(x)  # [B, N, 3D]
+        if not unobserved(self.qkv, FastLinear):  # a hook or another module may keep its output: ours is a copy
+            qkv = qkv.clone()
+        bias = self.qkv_bias()
+        if bias is not None:
+            qkv.add_(bias)
+        qkv = qkv.view(batch, tokens, 3, self.num_heads, self.head_dim)
+        if fused_kernels_usable(qkv) and qkv.is_contiguous():
             rotate_qk_(qkv, *rope, num_prefix_tokens)  # one pass over the buffer on GPUs
         else:
             cos, sin = (table[:, None, None] for table in rope)  # [patches, 1, 1, d]: over q/k and heads
             patches_qk = qkv[:, num_prefix_tokens:, :2]  # the patch rows of q and k, in the fused buffer
-            reuse = cpu_fp32_inference(x, self.qkv.weight)  # the fp32 temporary of `rotate_` into pooled memory
-            workspace = pooled(patches_qk.shape, cos.dtype, x.device) if reuse else None
-            rotate_(patches_qk, cos, sin, workspace)
+            rotate_(patches_qk, cos, sin, cpu.workspace(patches_qk.shape, cos.dtype, qkv))
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # strided views [B, H, N, d], no copies
         dropout = self.dropout if self.training else 0.0
         if eager:
@@ -180,7 +117,7 @@ class Attention(nn.Module):
             weights = None
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         out = out.transpose(1, 2).reshape(batch, tokens, dim)
-        return linear(out, self.proj.weight, self.proj.bias), weights
+        return self.proj(out), weights
 
 
 class Mlp(nn.Module):
@@ -190,27 +127,14 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, *, act: str, bias: bool, gated: bool) -> None:
         super().__init__()
         self.gated = gated
-        self.fc1 = nn.Linear(dim, 2 * hidden if gated else hidden, bias=bias)
+        self.fc1 = FastLinear(dim, 2 * hidden if gated else hidden, bias=bias)
         self.act = activation(act)
-        self.fused_silu = gated and act in ("silu", "swish")
-        self.exact_gelu = not gated and act == "gelu"
-        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+        self.fc2 = FastLinear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.exact_gelu and cpu_linear_gelu_usable(x, self.fc1.weight):
-            return linear(cpu_linear_gelu(x, self.fc1.weight, self.fc1.bias), self.fc2.weight, self.fc2.bias)
-        if self.exact_gelu and cpu_fp32_inference(x, self.fc1.weight):  # in place in the pooled hidden layer
-            hidden = torch.ops.aten.gelu_(linear(x, self.fc1.weight, self.fc1.bias))
-            return linear(hidden, self.fc2.weight, self.fc2.bias)
-        x = linear(x, self.fc1.weight, self.fc1.bias)
-        if self.fused_silu and fused_kernels_usable(x):
-            x = silu_mul(x)
-        elif self.gated:
-            gate, up = x.chunk(2, dim=-1)
-            x = self.act(gate) * up
-        else:
-            x = self.act(x)
-        return linear(x, self.fc2.weight, self.fc2.bias)
+        if self.gated:
+            return self.fc2(gated_activation(self.act, self.fc1(x)))  # act(gate) * up
+        return self.fc2(linear_then_activation(self.fc1, self.act, x))  # act(fc1(x))
 
 
 class LayerNorm(nn.LayerNorm):
@@ -242,8 +166,13 @@ class DropPath(nn.Module):
         super().__init__()
         self.drop_prob = drop_prob
 
+    @property
+    def active(self) -> bool:
+        """Whether it drops anything: in training, with a non-zero rate."""
+        return self.training and self.drop_prob > 0.0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
+        if not self.active:
             return x
         keep = 1.0 - self.drop_prob
         mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
@@ -300,32 +229,14 @@ class Block(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         num_prefix_tokens: int,
         eager: bool = False,
-        *,
-        normed: torch.Tensor | None = None,
-        next_norm: nn.LayerNorm | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Returns (output, attention weights or None, next_norm(output) or None).
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns (output, attention weights or None)."""
+        attn, weights = self.attn(self.norm1(x), rope, num_prefix_tokens, eager=eager)
+        x = self.residual(x, attn, self.ls1)
+        return self.residual(x, self.mlp(self.norm2(x)), self.ls2), weights
 
-        On GPUs each layer-scaled residual and the LayerNorm after it run as one fused pass: the second
-        residual is fused with `next_norm` (the next block's norm1, passed in as `normed`) when given.
-        """
-        attn, weights = self.attn(self.norm1(x) if normed is None else normed, rope, num_prefix_tokens, eager=eager)
-        fused = fused_kernels_usable(x) and not (self.training and self.drop_path.drop_prob > 0.0)
-        if fused:
-            x, normed = add_layer_norm(x, attn, self.ls1.gamma, self.norm2)
-        else:
-            x = self.residual(x, attn, self.ls1)
-            normed = self.norm2(x)
-        branch = self.mlp(normed)
-        if fused and next_norm is not None and next_norm.weight.device == x.device:
-            x, following = add_layer_norm(x, branch, self.ls2.gamma, next_norm)
-            return x, weights, following
-        return self.residual(x, branch, self.ls2), weights, None
-
-    def residual(self, x: torch.Tensor, branch: torch.Tensor, scale: LayerScale) -> torch.Tensor:
-        """x + drop_path(scale(branch)); one fused multiply-add when no path is dropped."""
-        if self.training and self.drop_path.drop_prob > 0.0:
-            return x + self.drop_path(scale(branch))
-        if cpu_fp32_inference(x, scale.gamma) and branch.shape == x.shape:  # into pooled memory, see `linear`
-            return torch.addcmul(x, branch, scale.gamma, out=pooled(x.shape, x.dtype, x.device))
-        return torch.addcmul(x, branch, scale.gamma)
+    def residual(self, x: torch.Tensor, branch: torch.Tensor, scale: nn.Module) -> torch.Tensor:
+        """x + drop_path(scale(branch)); one multiply-add where no path is dropped and nobody can tell."""
+        if unobserved(scale, LayerScale) and unobserved(self.drop_path, DropPath) and not self.drop_path.active:
+            return cpu.scaled_add(x, branch, scale.gamma)
+        return x + self.drop_path(scale(branch))

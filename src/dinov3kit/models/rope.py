@@ -76,14 +76,9 @@ def rope_cos_sin(
     return angles.cos(), angles.sin()
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """(x1, x2) -> (-x2, x1) over the last dimension."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def rotate_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, workspace: torch.Tensor | None = None) -> torch.Tensor:
-    """Rotate x [..., head_dim] in place: x * cos + rotate_half(x) * sin, with cos/sin broadcastable to x.
+    """Rotate x [..., head_dim] in place: x * cos + rotate_half(x) * sin, where rotate_half maps the halves
+    (x1, x2) to (-x2, x1), with cos/sin broadcastable to x.
 
     The arithmetic runs in the tables' dtype (fp32) and is rounded once to x's dtype, so bf16 models keep
     fp32-accurate positions. In place on a strided view (e.g. the patch rows of a fused QKV buffer), it
@@ -95,10 +90,3 @@ def rotate_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, workspace: to
     rotated[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
     rotated[..., half:].addcmul_(x[..., :half], sin[..., half:])
     return x.copy_(rotated)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
-    """Rotate the patch tokens of x [B, heads, N, head_dim] (computed in fp32); prefix tokens pass through."""
-    out = x.clone()
-    rotate_(out[:, :, num_prefix_tokens:], cos, sin)
-    return out

@@ -11,9 +11,11 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..backend.kernels import add_layer_norm, fused_kernels_usable
+from ..backend.modules import unobserved
 from ..configs import DINOv3ViTConfig
 from .base import BackboneMixin, PreTrainedModel, layer_indices
-from .layers import Block, PatchEmbed, residual_dtype
+from .layers import Block, DropPath, LayerNorm, LayerScale, PatchEmbed, residual_dtype
 from .outputs import BackboneOutput, BaseModelOutputWithPooling
 from .rope import rope_cos_sin, rope_periods
 
@@ -115,9 +117,9 @@ class DINOv3ViTPreTrainedModel(PreTrainedModel):
 
     def embed(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens before the first block: [B, 1 + registers + patches, D]."""
-        patches = self.patch_embed(pixel_values.to(self.patch_embed.proj.weight.dtype))  # [B, h*w, D]
+        patches = self.patch_embed(pixel_values.to(self.cls_token.dtype))  # [B, h*w, D]
         if bool_masked_pos is not None:
-            mask = bool_masked_pos.reshape(patches.shape[0], -1, 1).bool()
+            mask = bool_masked_pos.reshape(*patches.shape[:2], 1).bool()
             patches = torch.where(mask, self.mask_token.to(patches.dtype), patches)
         batch = patches.shape[0]
         return torch.cat(
@@ -159,13 +161,19 @@ class DINOv3ViTPreTrainedModel(PreTrainedModel):
         kept = None if keep is None else {index % count for index in keep} | {count - 1}
         hidden_states, attentions = [x if kept is None or 0 in kept else None], []
         x = x.to(residual_dtype(dtype))
-        normed = None  # the next block's norm1(x), when the previous block fused it into its last residual
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        fused = not checkpointing and fused_kernels_usable(x)
+        normed = None  # the next block's norm1(x), when the fused step of the previous block computed it
         for index, block in enumerate(blocks):
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x, weights, normed = checkpoint(block, x, rope, prefix, eager, use_reentrant=False)
+            if checkpointing:
+                x, weights = checkpoint(block, x, rope, prefix, eager, use_reentrant=False)
+            elif fused and fusable(block):
+                following = blocks[index + 1] if index + 1 < len(blocks) else None
+                next_norm = following.norm1 if following is not None and fusable(following) else None
+                x, weights, normed = fused_block(block, x, rope, prefix, eager, normed, next_norm)
             else:
-                following = blocks[index + 1].norm1 if index + 1 < len(blocks) else None
-                x, weights, normed = block(x, rope, prefix, eager, normed=normed, next_norm=following)
+                x, weights = block(x, rope, prefix, eager)
+                normed = None
             hidden_states.append(x.to(dtype) if kept is None or index + 1 in kept else None)
             if output_attentions:
                 attentions.append(weights)
@@ -213,6 +221,38 @@ class DINOv3ViTPreTrainedModel(PreTrainedModel):
             "x_prenorm": hidden_states[-1],
             "masks": masks,
         }
+
+
+def fusable(block: nn.Module) -> bool:
+    """Whether the encoder loop may run `block` as `fused_block`: a plain `Block` whose norms, layer scales
+    and drop path are the model's own unhooked modules, with no path dropped."""
+    if not unobserved(block, Block):
+        return False
+    parts = ((block.norm1, LayerNorm), (block.norm2, LayerNorm), (block.ls1, LayerScale), (block.ls2, LayerScale),
+             (block.drop_path, DropPath))  # fmt: skip
+    return all(unobserved(part, cls) for part, cls in parts) and not block.drop_path.active
+
+
+def fused_block(
+    block: Block,
+    x: torch.Tensor,
+    rope: tuple[torch.Tensor, torch.Tensor],
+    prefix: int,
+    eager: bool,
+    normed: torch.Tensor | None,
+    next_norm: nn.LayerNorm | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """`block(x)` on GPUs with each layer-scaled residual and the LayerNorm after it in one fused pass: the
+    block's norm2 after its first residual, and `next_norm` (the next block's norm1) after its second one,
+    when given. `normed` is block.norm1(x) when the previous step computed it. Returns (output, attention
+    weights or None, next_norm(output) or None)."""
+    attn, weights = block.attn(block.norm1(x) if normed is None else normed, rope, prefix, eager=eager)
+    x, normed = add_layer_norm(x, attn, block.ls1.gamma, block.norm2)
+    branch = block.mlp(normed)
+    if next_norm is not None and next_norm.weight.device == x.device:
+        x, following = add_layer_norm(x, branch, block.ls2.gamma, next_norm)
+        return x, weights, following
+    return block.residual(x, branch, block.ls2), weights, None
 
 
 class DINOv3ViTModel(DINOv3ViTPreTrainedModel):
@@ -264,7 +304,7 @@ class DINOv3ViTBackbone(BackboneMixin, DINOv3ViTPreTrainedModel):
             keep=None if output_hidden_states else config.out_indices,
         )
         last_hidden_state = self.norm(hidden_states[-1])
-        batch, grid, prefix = pixel_values.shape[0], self.patch_grid(pixel_values), config.num_prefix_tokens
+        grid, prefix = self.patch_grid(pixel_values), config.num_prefix_tokens
         feature_maps, cls_tokens = [], []
         for index in config.out_indices:
             index %= len(hidden_states)
@@ -274,7 +314,7 @@ class DINOv3ViTBackbone(BackboneMixin, DINOv3ViTPreTrainedModel):
                 tokens = self.norm(hidden_states[index]) if config.apply_layernorm else hidden_states[index]
             patches = tokens[:, prefix:]
             if config.reshape_hidden_states:
-                patches = patches.reshape(batch, *grid, -1).permute(0, 3, 1, 2).contiguous()
+                patches = patches.unflatten(1, grid).permute(0, 3, 1, 2).contiguous()
             feature_maps.append(patches)
             cls_tokens.append(tokens[:, 0])
         output = BackboneOutput(

@@ -1,4 +1,4 @@
-"""Triton kernels behind `kernels.py` (imported only when a CUDA tensor first needs one).
+"""Triton kernels behind `backend.kernels` (imported only when a CUDA tensor first needs one).
 
 Each program works on whole rows (tokens), computes in fp32 and rounds once to the tensor's dtype.
 """

@@ -1,0 +1,116 @@
+"""CPU kernels for the products of inference: prepacked weights (`packing`), outputs in pooled memory
+(`pools`), oneDNN's linear with the exact GELU fused in, and fp32 products for half-precision models on
+CPUs without half-precision matrix units. Measurements behind the thresholds: benchmarks/README.md."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from .config import switches
+from .packing import packed_weights
+from .pools import activation_pool
+
+#: Rows from which an fp32 product beats an emulated half-precision one (fewer do not repay converting the weight).
+UPCAST_MIN_ROWS = 64
+#: Rows (tokens in the batch) up to which the oneDNN linear + GELU beats MKL's product and a GELU pass.
+LINEAR_GELU_MAX_ROWS = 1024
+
+
+def plain_tensor(tensor: torch.Tensor | None) -> bool:
+    """Whether `tensor` is a plain tensor or parameter (quantized tensor subclasses keep their own kernels)."""
+    return tensor is None or type(tensor) in (torch.Tensor, torch.nn.Parameter)
+
+
+def inference_only(x: torch.Tensor, weight: torch.Tensor | None = None, *others: torch.Tensor | None) -> bool:
+    """Whether ops without autograd formulas may run: no gradient is tracked through `x`, `weight` or the
+    `others` (a bias, a branch), we are not inside a compiled graph (the compiler fuses by itself), and
+    `weight` is a plain tensor."""
+    if torch.compiler.is_compiling() or not plain_tensor(weight):
+        return False
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, *others)))
+
+
+def fp32_inference(x: torch.Tensor, weight: torch.Tensor | None = None, *others: torch.Tensor | None) -> bool:
+    """fp32 inference on the CPU (with a plain weight) on a non-empty input: where the CPU fast paths apply."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() > 0 and inference_only(x, weight, *others)
+
+
+@functools.cache
+def has_half_matmul_units() -> bool:
+    """Whether this CPU multiplies bf16/fp16 matrices natively (AVX512-BF16 or AMX); without them oneDNN
+    emulates those kernels at a fraction of the fp32 speed."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_amx_fp16_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.linear` (the same sums), with two CPU inference paths:
+
+    - fp32: a product of few rows multiplies by a prepacked copy of the weight (`packing`); a larger one
+      is written into pooled memory (`pools`): fresh activation buffers cost page faults on first touch.
+    - bf16/fp16 on a CPU without half-precision matrix units: a product of at least UPCAST_MIN_ROWS rows is
+      computed in fp32 and rounded once to the input dtype. That is the arithmetic of oneDNN's half kernels
+      (exact products, fp32 sums), and much faster on such CPUs.
+
+    Weights of other tensor types (quantized) keep their own kernels, and compiled graphs leave the choice
+    to the compiler."""
+    if fp32_inference(x, weight, bias):
+        rows = x.reshape(-1, x.shape[-1])
+        out = packed_weights.linear(rows, weight, bias)
+        if out is None:
+            out = activation_pool.empty((rows.shape[0], weight.shape[0]), x.dtype, x.device)
+            if bias is None:
+                torch.mm(rows, weight.t(), out=out)
+            else:
+                torch.addmm(bias, rows, weight.t(), out=out)
+        return out.view(*x.shape[:-1], weight.shape[0])
+    if (
+        x.dtype in (torch.bfloat16, torch.float16)
+        and x.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and plain_tensor(weight)
+        and x.numel() >= UPCAST_MIN_ROWS * x.shape[-1] > 0
+        and not has_half_matmul_units()
+    ):
+        return F.linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
+    return F.linear(x, weight, bias)
+
+
+@functools.cache
+def _onednn_linear():
+    if not torch.backends.mkldnn.is_available():
+        return None
+    return getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+
+
+def linear_gelu_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `linear_gelu` may replace linear + exact GELU: fused kernels on, fp32 CPU inference with
+    plain weights, few rows, and a torch with oneDNN's fused linear."""
+    return (
+        switches.fused_kernels
+        and x.numel() <= LINEAR_GELU_MAX_ROWS * x.shape[-1]
+        and fp32_inference(x, weight)
+        and _onednn_linear() is not None
+    )
+
+
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """gelu(x @ weight.T + bias) (exact GELU) in one oneDNN call: the activation is applied as each block of
+    the product is written, which saves a pass over the MLP's widest activation (the same values)."""
+    return _onednn_linear()(x, weight, bias, "gelu", [], "none")
+
+
+def scaled_add(x: torch.Tensor, branch: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x + branch * scale in one pass, into pooled memory for fp32 CPU inference."""
+    if fp32_inference(x, scale, branch) and branch.shape == x.shape:
+        return torch.addcmul(x, branch, scale, out=activation_pool.empty(x.shape, x.dtype, x.device))
+    return torch.addcmul(x, branch, scale)
+
+
+def workspace(shape: tuple[int, ...], dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor | None:
+    """Pooled memory for a temporary of fp32 CPU inference on `like`, or None (let the op allocate)."""
+    return activation_pool.empty(shape, dtype, like.device) if fp32_inference(like) else None
