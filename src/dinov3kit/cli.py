@@ -16,6 +16,7 @@ from typing import Sequence
 
 from .fileio import MAX_BYTES_ENV, OutputLockedError, atomic_write, parse_size
 from .cli_heads import add_head_commands
+from .serve.cli import add_serve_command
 from .tools.runtime import DEFAULT_MODEL, DEFAULT_RESOLUTION, MODEL_ENV
 
 DENSE_RESOLUTION = 768
@@ -179,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", nargs="?", metavar="MODEL", help=f"hub id, folder, .pth, or a .parquet index (default ${MODEL_ENV} or {DEFAULT_MODEL})")
     info.add_argument("--json", action="store_true")
     add_head_commands(commands)
+    add_serve_command(commands)
     for command in commands.choices.values():  # also accepted after the command's name
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     return parser
