@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import importlib
 
-WEB_PACKAGES = ("fastapi", "uvicorn", "multipart")
+#: Module → the package that provides it.
+WEB_PACKAGES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "python_multipart": "python-multipart"}
 
 
 def require_web() -> None:
     """Raise an ImportError naming the extra to install when a web package is missing."""
-    for name in WEB_PACKAGES:
+    for module, package in WEB_PACKAGES.items():
         try:
-            importlib.import_module(name)
+            importlib.import_module(module)
         except ImportError as error:
             raise ImportError(
-                f"`dinov3kit serve` needs the optional package {name!r} (python-multipart for 'multipart'); "
-                "install them with: pip install 'dinov3kit[web]'"
+                f"`dinov3kit serve` needs the optional package {package!r}; install it with: pip install 'dinov3kit[web]'"
             ) from error
 
 

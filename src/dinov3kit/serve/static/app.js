@@ -53,6 +53,7 @@ async function loadInto(img, url) {
 
 const thumb = (row, size = 256) => `/api/thumbnails/${row}?size=${size}`;
 const basename = (path) => path.split(/[\\/]/).pop();
+const shortPath = (path, size = 40) => (path.length <= size ? path : `…${path.slice(-(size - 1))}`);
 
 // --- tabs --------------------------------------------------------------------------------------
 function showTab(name) {
@@ -81,7 +82,7 @@ function card({ row, path, label, size = 256 }) {
   score.textContent = label;
   const where = document.createElement("span");
   where.className = "path";
-  where.textContent = path;
+  where.textContent = shortPath(path);
   where.title = `row ${row}: ${path}`;
   const actions = document.createElement("div");
   actions.className = "actions";
@@ -241,7 +242,8 @@ const MapView = {
     const context = canvas.getContext("2d"), W = canvas.width, H = canvas.height;
     const image = context.createImageData(W, H), pixels = new Uint32Array(image.data.buffer);
     pixels.fill(0xff120f0d);
-    const { x, y, n } = this.points, dot = (window.devicePixelRatio || 1) > 1.5 ? 3 : 2;
+    const { x, y, n } = this.points, ratio = window.devicePixelRatio || 1;
+    const dot = Math.round((n < 2000 ? 6 : n < 20000 ? 3 : 2) * Math.min(2, ratio));
     const plot = (i, color, size) => {
       const [sx, sy] = this.toScreen(x[i], y[i]);
       const left = Math.round(sx) - (size >> 1), top = Math.round(sy) - (size >> 1);
