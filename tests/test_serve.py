@@ -82,7 +82,13 @@ def build_collection(root: Path) -> Collection:
 
 @pytest.fixture(scope="session")
 def collection(tmp_path_factory) -> Collection:
-    return build_collection(tmp_path_factory.mktemp("serve"))
+    """Built once per test session (also for tests/test_serve_browser.py, which imports this fixture)."""
+    root = tmp_path_factory.getbasetemp() / "serve_collection"
+    if (root / "index.parquet").exists():
+        return Collection(root / "photos", root / "index.parquet", Embedder.load(root / "model", device="cpu", resolution=112), root / "model")
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
+    return build_collection(root)
 
 
 @pytest.fixture(scope="module")

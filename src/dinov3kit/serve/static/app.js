@@ -53,7 +53,6 @@ async function loadInto(img, url) {
 
 const thumb = (row, size = 256) => `/api/thumbnails/${row}?size=${size}`;
 const basename = (path) => path.split(/[\\/]/).pop();
-const shortPath = (path, size = 40) => (path.length <= size ? path : `…${path.slice(-(size - 1))}`);
 
 // --- tabs --------------------------------------------------------------------------------------
 function showTab(name) {
@@ -82,7 +81,7 @@ function card({ row, path, label, size = 256 }) {
   score.textContent = label;
   const where = document.createElement("span");
   where.className = "path";
-  where.textContent = shortPath(path);
+  where.append(Object.assign(document.createElement("bdi"), { textContent: path })); // clipped on the left
   where.title = `row ${row}: ${path}`;
   const actions = document.createElement("div");
   actions.className = "actions";
