@@ -30,6 +30,7 @@ def add_serve_command(commands) -> argparse.ArgumentParser:
     serve.add_argument("--thumbnail-dir", type=Path, help="thumbnail cache folder (default ~/.cache/dinov3kit/thumbnails)")
     serve.add_argument("--thumbnail-cache-mb", type=float, default=512, help="size bound of the thumbnail cache in MB (default 512)")
     serve.add_argument("--no-model", action="store_true", help="do not load the model: browse and search by row only")
+    serve.add_argument("--threads", type=int, help="torch threads of this server (default: torch's; 1 keeps latency steady on a busy machine)")
     return serve
 
 
@@ -85,6 +86,12 @@ def run_serve(args) -> int:
     from .guards import LOOPBACK_NAMES
     from .thumbnails import ThumbnailCache
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     loopback = is_loopback(args.host)
     if not loopback:
         print(

@@ -201,12 +201,13 @@ class Explorer:
         """The `k` best rows for a unit vector, best first (leaving out row `exclude`)."""
         if not 1 <= k <= MAX_K:
             raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         wanted = k + (exclude is not None)
         scores, rows = exact_top_k(self.index.vectors, vector[None].astype(np.float32), wanted)
         ranked = [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r != exclude][:k]
         hits = [Hit(rank, row, self.index.paths[row], score).__dict__ for rank, (row, score) in enumerate(ranked, 1)]
-        return {"k": k, "hits": hits, "search_ms": round((time.perf_counter() - start) * 1000, 3)}
+        return {"k": k, "hits": hits, "search_ms": round((time.perf_counter() - start) * 1000, 3),
+                "search_cpu_ms": round((time.thread_time() - cpu) * 1000, 3)}
 
     def search_row(self, row: int, k: int, exclude_self: bool = False) -> dict:
         result = self.search(self.index.vectors[self.check_row(row)], k, row if exclude_self else None)

@@ -52,6 +52,7 @@ class SearchResult(BaseModel):
     k: int
     hits: list[Hit]
     search_ms: float = Field(description="time of the search itself (not the query's embedding)")
+    search_cpu_ms: float = Field(description="CPU time of the search in the answering thread (its wall time without waiting)")
 
 
 class Member(BaseModel):

@@ -238,22 +238,31 @@ const MapView = {
   draw() {
     const canvas = $("map");
     if (!this.points || canvas.offsetParent === null) return;
+    const started = performance.now();
     const context = canvas.getContext("2d"), W = canvas.width, H = canvas.height;
     const image = context.createImageData(W, H), pixels = new Uint32Array(image.data.buffer);
     pixels.fill(0xff120f0d);
     const { x, y, n } = this.points, ratio = window.devicePixelRatio || 1;
-    const dot = Math.round((n < 2000 ? 6 : n < 20000 ? 3 : 2) * Math.min(2, ratio));
+    const { m, w, h } = this.frame(), { scale, dx, dy } = this.view;
+    const ax = scale * w, bx = m + dx * w, ay = scale * h, by = m + dy * h; // screen = a * data + b
     const plot = (i, color, size) => {
-      const [sx, sy] = this.toScreen(x[i], y[i]);
-      const left = Math.round(sx) - (size >> 1), top = Math.round(sy) - (size >> 1);
+      const left = Math.round(ax * x[i] + bx) - (size >> 1), top = Math.round(ay * y[i] + by) - (size >> 1);
+      if (left >= W || top >= H || left + size <= 0 || top + size <= 0) return;
       for (let v = Math.max(0, top); v < Math.min(H, top + size); v++)
         for (let u = Math.max(0, left); u < Math.min(W, left + size); u++) pixels[v * W + u] = color;
     };
+    const dot = Math.round((n < 2000 ? 6 : n < 20000 ? 3 : 2) * Math.min(2, ratio));
     for (let i = 0; i < n; i++) plot(i, 0xffffb34f, dot); // ABGR: accent blue
     for (const row of state.hits) if (row < n) plot(row, 0xff3b9dff, dot + 3); // orange
     if (state.queryRow !== null && state.queryRow < n) plot(state.queryRow, 0xffffffff, dot + 5);
     if (this.hover >= 0) plot(this.hover, 0xffffffff, dot + 3);
     context.putImageData(image, 0, 0);
+    this.drawMs = performance.now() - started;
+  },
+  redraw() { // at most one drawing per frame while zooming, panning or hovering
+    if (this.pending) return;
+    this.pending = true;
+    requestAnimationFrame(() => { this.pending = false; this.draw(); });
   },
   nearest(sx, sy, radius) { // nearest point to canvas pixel (sx, sy) within `radius` pixels, or -1
     const [px, py] = this.toData(sx, sy), { size, lists } = this.buckets;
@@ -294,7 +303,7 @@ const MapView = {
       this.view.dx = (sx - m) / w - px * scale;
       this.view.dy = (sy - m) / h - py * scale;
       this.view.scale = scale;
-      this.draw();
+      this.redraw();
     }, { passive: false });
     canvas.addEventListener("mousedown", (event) => { drag = { x: event.clientX, y: event.clientY, dx: this.view.dx, dy: this.view.dy, moved: false }; });
     window.addEventListener("mouseup", () => { setTimeout(() => { drag = null; }, 0); });
@@ -305,18 +314,18 @@ const MapView = {
         drag.moved = drag.moved || Math.abs(event.clientX - drag.x) + Math.abs(event.clientY - drag.y) > 3;
         this.view.dx = drag.dx + ((event.clientX - drag.x) * ratio) / w;
         this.view.dy = drag.dy + ((event.clientY - drag.y) * ratio) / h;
-        this.draw();
+        this.redraw();
         return;
       }
       const [sx, sy, ratio] = this.canvasPoint(event), row = this.nearest(sx, sy, 8 * ratio);
       if (row !== this.hover) {
         this.hover = row;
-        this.draw();
+        this.redraw();
         if (row < 0) $("map-tip").hidden = true;
         else { $("map-tip-text").textContent = `row ${row}`; this.showTip(row, event).catch(showError); }
       }
     });
-    canvas.addEventListener("mouseleave", () => { this.hover = -1; $("map-tip").hidden = true; this.draw(); });
+    canvas.addEventListener("mouseleave", () => { this.hover = -1; $("map-tip").hidden = true; this.redraw(); });
     canvas.addEventListener("click", (event) => {
       if (!this.points || (drag && drag.moved)) return;
       const [sx, sy, ratio] = this.canvasPoint(event), row = this.nearest(sx, sy, 8 * ratio);
