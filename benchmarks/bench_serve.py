@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import interleaved, machine, print_table
 
 from dinov3kit.serve.explorer import Explorer
@@ -163,6 +162,7 @@ def over_http(host: str, port: int, rows: int, repeats: int, threads: str) -> No
     start = time.perf_counter()
     status, server_ms, _ = request(connection, "/api/map")
     map_seconds = time.perf_counter() - start
+    assert status == 200
     rng = random.Random(2)
     table = []
     for k in (10, 100, 1000):

@@ -20,22 +20,22 @@ import torch
 from PIL import Image
 
 pytest.importorskip("fastapi", reason="the web extra is not installed")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
+from oracles.hf_twin import save_hf_vit
 
-from dinov3kit import cli  # noqa: E402
-from dinov3kit.serve import cli as serve_cli  # noqa: E402
-from dinov3kit.serve.app import create_app  # noqa: E402
-from dinov3kit.serve.explorer import Explorer  # noqa: E402
-from dinov3kit.serve.guards import LOOPBACK_NAMES, host_name  # noqa: E402
-from dinov3kit.serve.thumbnails import ThumbnailCache  # noqa: E402
-from dinov3kit.tools.dedup import find_duplicates  # noqa: E402
-from dinov3kit.tools.embed import embed_images  # noqa: E402
-from dinov3kit.tools.pca import pca_images, principal_axes  # noqa: E402
-from dinov3kit.tools.runtime import Embedder  # noqa: E402
-from dinov3kit.tools.search import search_index  # noqa: E402
-from dinov3kit.tools.similarity import similarity_image  # noqa: E402
-from dinov3kit.tools.store import read_index  # noqa: E402
-from oracles.hf_twin import save_hf_vit  # noqa: E402
+from dinov3kit import cli
+from dinov3kit.serve import cli as serve_cli
+from dinov3kit.serve.app import create_app
+from dinov3kit.serve.explorer import Explorer
+from dinov3kit.serve.guards import LOOPBACK_NAMES, host_name
+from dinov3kit.serve.thumbnails import ThumbnailCache
+from dinov3kit.tools.dedup import find_duplicates
+from dinov3kit.tools.embed import embed_images
+from dinov3kit.tools.pca import pca_images, principal_axes
+from dinov3kit.tools.runtime import Embedder
+from dinov3kit.tools.search import search_index
+from dinov3kit.tools.similarity import similarity_image
+from dinov3kit.tools.store import read_index
 
 PHOTOS = Path(__file__).resolve().parents[1] / "examples" / "photos"
 
@@ -80,15 +80,19 @@ def build_collection(root: Path) -> Collection:
     return Collection(folder, root / "index.parquet", embedder, model)
 
 
-@pytest.fixture(scope="session")
-def collection(tmp_path_factory) -> Collection:
-    """Built once per test session (also for tests/test_serve_browser.py, which imports this fixture)."""
+def shared_collection(tmp_path_factory) -> Collection:
+    """The collection of this test session: built by the first module that asks (here or the browser tests)."""
     root = tmp_path_factory.getbasetemp() / "serve_collection"
     if (root / "index.parquet").exists():
         return Collection(root / "photos", root / "index.parquet", Embedder.load(root / "model", device="cpu", resolution=112), root / "model")
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir()
     return build_collection(root)
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> Collection:
+    return shared_collection(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

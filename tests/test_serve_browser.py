@@ -13,21 +13,25 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the web extra is not installed")
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
-from playwright.sync_api import expect  # noqa: E402
+import uvicorn
+from playwright.sync_api import expect
+from test_serve import Collection, shared_collection
 
-import uvicorn  # noqa: E402
-
-from dinov3kit.serve import cli as serve_cli  # noqa: E402
-from dinov3kit.serve.app import create_app  # noqa: E402
-from dinov3kit.serve.guards import LOOPBACK_NAMES  # noqa: E402
-from dinov3kit.tools.dedup import find_duplicates  # noqa: E402
-from dinov3kit.tools.store import read_index  # noqa: E402
-from test_serve import collection  # noqa: E402,F401 (the shared fixture)
+from dinov3kit.serve import cli as serve_cli
+from dinov3kit.serve.app import create_app
+from dinov3kit.serve.guards import LOOPBACK_NAMES
+from dinov3kit.tools.dedup import find_duplicates
+from dinov3kit.tools.store import read_index
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 START_TIMEOUT = 60
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> Collection:
+    return shared_collection(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

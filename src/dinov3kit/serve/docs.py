@@ -45,11 +45,15 @@ def _fields(spec: dict, schema: dict, required: set[str]) -> str:
 
 def render_docs(spec: dict) -> str:
     """HTML describing every route of the OpenAPI `spec`: parameters, form fields and answers."""
-    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{escape(spec['info']['title'])} API</title>"
-             f"<style>{STYLE}</style></head><body><h1>{escape(spec['info']['title'])} API</h1>",
-             f"<p>{escape(spec['info'].get('summary', ''))}</p>",
-             "<p>Every error is JSON <code>{\"error\": message, \"status\": code}</code>. The machine-readable schema: "
-             "<a href=/openapi.json>/openapi.json</a>. The page: <a href=/>/</a>.</p>"]
+    title = escape(spec["info"]["title"])
+    parts = [
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{title} API</title><style>{STYLE}</style></head>",
+        f"<body><h1>{title} API</h1><p>{escape(spec['info'].get('summary', ''))}</p>",
+        (
+            '<p>Every error is JSON <code>{"error": message, "status": code}</code>. The machine-readable schema: '
+            "<a href=/openapi.json>/openapi.json</a>. The page: <a href=/>/</a>.</p>"
+        ),
+    ]
     by_tag: dict[str, list] = {}
     for path, methods in spec["paths"].items():
         for method, route in methods.items():
