@@ -9,6 +9,7 @@
    (its `Server-Timing` header) and the client's round trip. Targets: search ≤ 50 ms, thumbnail ≤ 5 ms.
 3. A load run: `--clients` threads share `--requests` requests (search 50%, thumbnail 40%, row 10%),
    each thread with its own connection; every answer must be a 200.
+4. The map page with every row in Debian's headless Chromium: redraw and hover look-up times.
 
 Parts 2 and 3 run once per `--server-threads` value (torch's default, then 1 thread): on a 2-core machine
 that other jobs keep busy, waking torch's second thread for each 256 KB operation can cost a scheduler
@@ -79,6 +80,7 @@ def in_process(index_path: Path, folder: Path, repeats: int, threads: int) -> No
     vectors = index.vectors
     rng = np.random.default_rng(1)
     query = vectors[rng.integers(len(vectors))]
+    table, query_tensor = torch.from_numpy(vectors), torch.from_numpy(query)
     try:
         import faiss
 
@@ -90,6 +92,7 @@ def in_process(index_path: Path, folder: Path, repeats: int, threads: int) -> No
     for k in (10, 100, 1000):
         contenders = {
             "dinov3kit serve (torch top-k + hits)": lambda k=k: explorer.search(query, k),
+            "torch, top-k per block (no row-id tensors)": lambda k=k: block_top_k(table, query_tensor, k),
             "numpy argpartition": lambda k=k: numpy_top_k(vectors, query, k),
         }
         if flat is not None:
@@ -115,6 +118,17 @@ def cpu_ms(function, repeats: int) -> float:
     return statistics.median(times) * 1000
 
 
+def block_top_k(vectors: torch.Tensor, query: torch.Tensor, k: int, block: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k of one query keeping only k candidates per block (no row-id tensor of the block's size)."""
+    best_scores, best_rows = torch.empty(0), torch.empty(0, dtype=torch.long)
+    for start in range(0, len(vectors), block):
+        scores, rows = (vectors[start : start + block] @ query).topk(min(k, len(vectors) - start))
+        merged_scores, merged_rows = torch.cat([best_scores, scores]), torch.cat([best_rows, rows + start])
+        best_scores, order = merged_scores.topk(min(k, len(merged_scores)))
+        best_rows = merged_rows[order]
+    return best_scores, best_rows
+
+
 def numpy_top_k(vectors: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
     scores = vectors @ query
     best = np.argpartition(-scores, k)[:k]
@@ -124,7 +138,7 @@ def numpy_top_k(vectors: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
 # --- 2. over HTTP -----------------------------------------------------------------------------
 def start_server(index_path: Path, folder: Path, threads: int | None) -> tuple[subprocess.Popen, str, int]:
     command = [sys.executable, "-m", "dinov3kit.cli", "serve", str(index_path), "--no-model", "--port", "0",
-               "--thumbnail-dir", str(folder / "thumbs"), *(["--threads", str(threads)] if threads else [])]
+               "--thumbnail-dir", str(folder / f"thumbs{threads or ''}"), *(["--threads", str(threads)] if threads else [])]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     for line in process.stdout:
@@ -244,6 +258,48 @@ def load_run(host: str, port: int, rows: int, clients: int, total: int, threads:
         print("FAILED: " + "; ".join(errors[:5] + [f"status {r[1]} for {r[0]}" for r in bad[:5]]))
 
 
+# --- 4. the map in a browser -------------------------------------------------------------------
+def map_in_browser(host: str, port: int, rows: int) -> None:
+    """Drawing and hover look-up times of the map page with every row, in Debian's headless Chromium."""
+    chromium = shutil.which("chromium")
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        chromium = None
+    if chromium is None:
+        print("\n(map in a browser: skipped, needs playwright and Debian's chromium)")
+        return
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"]
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=chromium, args=args)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(f"http://{host}:{port}/")
+        expect(page.locator("body")).to_have_attribute("data-ready", "1")
+        start = time.perf_counter()
+        page.click("#tabs button[data-tab=map]")
+        expect(page.locator("#map-status")).to_contain_text(f"{rows:,}", timeout=300_000)
+        shown = time.perf_counter() - start
+        draws, lookups = page.evaluate(
+            """() => {
+                const draws = [], lookups = [], canvas = document.getElementById('map');
+                for (let i = 0; i < 30; i++) { MapView.view.scale *= 1.03; MapView.draw(); draws.push(MapView.drawMs); }
+                for (let round = 0; round < 10; round++) {  // per look-up, timed over 100 (the clock is coarse)
+                    const start = performance.now();
+                    for (let i = 0; i < 100; i++) MapView.nearest(Math.random() * canvas.width, Math.random() * canvas.height, 8);
+                    lookups.push((performance.now() - start) / 100);
+                }
+                return [draws, lookups];
+            }"""
+        )
+        browser.close()
+    print_table(f"Map page with {rows:,} points in headless Chromium (software rendering)",
+                ["step", "p50 ms", "p95 ms"],
+                [["open the tab: fetch + parse + index + first draw", f"{shown * 1000:.0f}", ""],
+                 ["redraw (zoom step)", f"{percentile(draws, 50):.1f}", f"{percentile(draws, 95):.1f}"],
+                 ["hover look-up (nearest point)", f"{percentile(lookups, 50):.3f}", f"{percentile(lookups, 95):.3f}"]])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
@@ -251,6 +307,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--skip-http", action="store_true", help="only the in-process top-k tables")
     parser.add_argument("--server-threads", type=int, nargs="+", default=[0, 1],
                         help="torch threads of the server, one run each (0: torch's default); default 0 1")
     args = parser.parse_args()
@@ -263,12 +320,14 @@ def main() -> None:
             torch.set_num_threads(threads)
             in_process(index_path, folder, args.repeats, threads)
         torch.set_num_threads(default_threads)
-        for threads in args.server_threads:
+        for threads in [] if args.skip_http else args.server_threads:
             process, host, port = start_server(index_path, folder, threads or None)
             try:
                 label = str(threads or f"{default_threads} (default)")
                 over_http(host, port, args.rows, args.repeats, label)
                 load_run(host, port, args.rows, args.clients, args.requests, label)
+                if threads == args.server_threads[-1]:
+                    map_in_browser(host, port, args.rows)
             finally:
                 process.terminate()
                 process.wait(timeout=30)

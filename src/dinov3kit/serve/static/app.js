@@ -204,7 +204,7 @@ const MapView = {
       this.points = { x: Float32Array.from(data.x), y: Float32Array.from(data.y), n: data.rows };
       this.index();
       this.reset();
-      $("map-status").textContent = `${data.rows} images, ${method.toUpperCase()} of the features. Scroll to zoom, drag to pan, click a point to open it; search hits are orange.`;
+      $("map-status").textContent = `${data.rows.toLocaleString()} images, ${method.toUpperCase()} of the features. Scroll to zoom, drag to pan, click a point to open it; search hits are orange.`;
     } catch (error) {
       $("map-status").textContent = "";
       showError(error);
