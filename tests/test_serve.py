@@ -482,6 +482,8 @@ def test_serve_command_prints_the_url_and_warns_off_loopback(collection, tmp_pat
 def test_serve_command_errors_exit_2_with_a_message(collection, tmp_path, capsys):
     assert cli.main(["serve", str(tmp_path / "missing.parquet")]) == 2
     assert "missing.parquet" in capsys.readouterr().err
+    assert cli.main(["serve", str(collection.index), "--max-upload-mb", "0"]) == 2
+    assert "--max-upload-mb must be more than 0" in capsys.readouterr().err
     busy = serve_cli.listen("127.0.0.1", 0)
     try:
         port = busy.getsockname()[1]

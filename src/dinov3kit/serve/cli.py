@@ -19,7 +19,7 @@ def add_serve_command(commands) -> argparse.ArgumentParser:
     help = "a local web app: search, duplicates, map and dense features of an index"
     serve = commands.add_parser("serve", help=help, description=help + " (needs the web extra: pip install 'dinov3kit[web]')")
     serve.set_defaults(run=run_serve)
-    serve.add_argument("index", type=Path, metavar="INDEX", help="an index made by `dinov3kit embed` (file or folder of shards)")
+    serve.add_argument("index", type=Path, metavar="INDEX", help="an index made by `dinov3kit embed`")
     serve.add_argument("--model", help=f"the checkpoint that made the index (default: the one it records; ${MODEL_ENV} is not used)")
     serve.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
     serve.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
@@ -86,6 +86,8 @@ def run_serve(args) -> int:
     from .guards import LOOPBACK_NAMES
     from .thumbnails import ThumbnailCache
 
+    if args.max_upload_mb <= 0:
+        raise ValueError(f"--max-upload-mb must be more than 0, got {args.max_upload_mb:g}")
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {args.threads}")
