@@ -74,7 +74,8 @@ def render_docs(spec: dict) -> str:
             answer = route.get("responses", {}).get("200", {}).get("content", {})
             for kind, content in answer.items():
                 schema = content.get("schema")
-                fields = _fields(spec, _schema(spec, schema), set()) if schema and "$ref" in schema else ""
+                body = _schema(spec, schema) if schema and "$ref" in schema else None
+                fields = _fields(spec, body, set(body.get("required", []))) if body else ""
                 parts.append(f"<div class=dim>answer: {escape(kind)} {escape(_type(spec, schema) if schema else '')}</div>{fields}")
             errors = [code for code in route.get("responses", {}) if code.startswith(("4", "5"))]
             if errors:

@@ -11,7 +11,7 @@ class ErrorAnswer(BaseModel):
 
 
 class Info(BaseModel):
-    index: str = Field(description="the index file (or folder of shards)")
+    index: str = Field(description="the index that is served")
     rows: int
     dim: int = Field(description="width of the feature vectors")
     feature: str = Field(description="the compared feature: cls or mean_patch")
