@@ -423,10 +423,15 @@ def test_without_a_model_rows_still_search_and_uploads_say_why(collection, tmp_p
     assert_error(client.post("/api/dense", data={"row": "0"}), 503, "no model")
 
 
-def test_a_model_of_another_width_is_refused(collection, tmp_path):
+def test_another_model_is_refused_unless_allowed(collection, tmp_path):
     _, other = save_hf_vit(tmp_path / "wide", seed=1, hidden_size=32, intermediate_size=64)
-    with pytest.raises(ValueError, match="32-dim features but the index"):
+    with pytest.raises(ValueError, match="cannot be compared"):
         Explorer(collection.index, other, device="cpu", thumbnails=ThumbnailCache(tmp_path / "t"))
+    _, same_width = save_hf_vit(tmp_path / "other", seed=12, num_register_tokens=2)  # another model of the same width
+    with pytest.raises(ValueError, match="allow-model-mismatch"):
+        Explorer(collection.index, same_width, device="cpu", thumbnails=ThumbnailCache(tmp_path / "t"))
+    allowed = Explorer(collection.index, same_width, device="cpu", thumbnails=ThumbnailCache(tmp_path / "t"), allow_model_mismatch=True)
+    assert allowed.has_model
 
 
 def test_host_header_is_checked_on_loopback(collection, tmp_path):

@@ -29,6 +29,7 @@ def add_serve_command(commands) -> argparse.ArgumentParser:
     serve.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted upload in MB (default 20)")
     serve.add_argument("--thumbnail-dir", type=Path, help="thumbnail cache folder (default ~/.cache/dinov3kit/thumbnails)")
     serve.add_argument("--thumbnail-cache-mb", type=float, default=512, help="size bound of the thumbnail cache in MB (default 512)")
+    serve.add_argument("--allow-model-mismatch", action="store_true", help="embed uploads with another model than the index's")
     serve.add_argument("--no-model", action="store_true", help="do not load the model: browse and search by row only")
     serve.add_argument("--threads", type=int, help="torch threads of this server (default: torch's; 1 keeps latency steady on a busy machine)")
     return serve
@@ -103,7 +104,7 @@ def run_serve(args) -> int:
         )
     cache = ThumbnailCache(args.thumbnail_dir, max_bytes=int(args.thumbnail_cache_mb * 2**20))
     explorer = Explorer(args.index, args.model, feature=args.feature, device=args.device, dtype=args.dtype,
-                        thumbnails=cache, load_model=False)
+                        thumbnails=cache, load_model=False, allow_model_mismatch=args.allow_model_mismatch)
     if not args.no_model:
         try:
             explorer.load_model()

@@ -23,13 +23,14 @@ import torch
 from PIL import Image
 
 from ..images import load_image
-from ..tools.dedup import find_duplicates, similar_pairs
+from ..tools.dedup import duplicate_components, find_duplicates
 from ..tools.dense import DenseMap, dense_map, to_image, upsample
 from ..tools.pca import pca_colors, principal_axes
-from ..tools.runtime import Embedder, ModelUnavailableError, feature_dim
+from ..tools.runtime import Embedder, ModelUnavailableError
 from ..tools.search import Hit, exact_top_k
 from ..tools.similarity import cosine_map, mark, overlay
-from ..tools.store import Index, read_index
+from ..tools.sources import load_image_file
+from ..tools.store import Index, check_same_model, read_index
 from .thumbnails import SIZES, ThumbnailCache
 
 MAX_K = 1000
@@ -38,7 +39,7 @@ DENSE_MIN, DENSE_MAX = 224, 1024
 DENSE_LONGEST = 2048
 #: Dense maps kept in memory (a ViT-L map at 1024 px is about 16 MB).
 DENSE_CACHE = 16
-#: Lowest duplicate threshold offered; candidate pairs are found once at this level.
+#: Lowest duplicate threshold offered: rows in no group at this level are set aside once (they join none above it).
 DEDUP_FLOOR = 0.8
 MAP_METHODS = ("pca", "umap")
 
@@ -98,7 +99,9 @@ class Explorer:
         dtype: str = "auto",
         thumbnails: ThumbnailCache | None = None,
         load_model: bool = True,
+        allow_model_mismatch: bool = False,
     ) -> None:
+        self.allow_model_mismatch = allow_model_mismatch
         self.index = index if isinstance(index, Index) else read_index(index, feature)
         if not len(self.index.paths):
             raise ValueError(f"{self.index.path}: the index has no rows")
@@ -146,14 +149,12 @@ class Explorer:
         self._adopt(embedder)
 
     def _adopt(self, embedder: Embedder) -> None:
-        dim, model_dim = self.index.vectors.shape[1], feature_dim(embedder.model.config)
-        if model_dim != dim:
-            raise ValueError(
-                f"the model {embedder.source} gives {model_dim}-dim features but the index {self.index.path} "
-                f"holds {dim}-dim ones; pass --model with the checkpoint that made the index ({self.index.meta.get('model')})"
-            )
+        """Use `embedder` once it is known to make vectors comparable with the index's (`check_same_model`)."""
+        query = embedder if embedder.resolution == self.resolution else Embedder(embedder.model, embedder.source, self.resolution)
+        meta = {"dim": int(self.index.vectors.shape[1]), **self.index.meta}
+        check_same_model(self.index.path, meta, query.describe(), allow_mismatch=self.allow_model_mismatch)
         self._model_source = embedder.source
-        self._embedders = {embedder.resolution: embedder}
+        self._embedders = {embedder.resolution: embedder, self.resolution: query}
         self._model_error = None
 
     def embedder(self, resolution: int) -> Embedder:
@@ -246,8 +247,8 @@ class Explorer:
 
     def _compute_groups(self, threshold: float) -> list[dict]:
         if self._candidates is None:
-            pairs = similar_pairs(self.index.vectors, DEDUP_FLOOR)
-            self._candidates = np.array(sorted({row for pair in pairs for row in pair}), dtype=np.int64)
+            components = duplicate_components(self.index.vectors, DEDUP_FLOOR)
+            self._candidates = np.array(sorted(row for rows in components for row in rows), dtype=np.int64)
         rows = self._candidates
         if not len(rows):
             return []
@@ -307,7 +308,7 @@ class Explorer:
             if key in self._dense:
                 self._dense.move_to_end(key)
                 return self._dense[key]
-        image = load_image(self.index.paths[row] if row is not None else data)
+        image = load_image_file(self.index.paths[row]) if row is not None else load_image(data)
         used = dense_resolution(image.size, resolution)
         embedder = self.embedder(used)
         view = DenseView(key, self._run_model(dense_map, embedder, image), used)

@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..fileio import write_bytes_atomic
-from ..images import load_image
+from ..tools.sources import load_image_file
 
 #: Thumbnail sizes served (longest side in pixels); a small set keeps the cache from holding variants.
 SIZES = (128, 256, 512)
@@ -32,8 +32,8 @@ def default_cache_dir() -> Path:
 
 
 def make_thumbnail(path: str, size: int) -> bytes:
-    """JPEG bytes of the image at `path` (checked as every image we read) fitted into size x size."""
-    image = load_image(path)
+    """JPEG bytes of the image at `path` (read and checked as every image file) fitted into size x size."""
+    image = load_image_file(path)
     image.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
