@@ -17,6 +17,7 @@ from typing import Sequence
 from .fileio import MAX_BYTES_ENV, OutputLockedError, atomic_write, parse_size
 from .cli_heads import add_head_commands
 from .cli_text import add_text_commands, run_text_search
+from .serve.cli import add_serve_command
 from .tools.runtime import DEFAULT_MODEL, DEFAULT_RESOLUTION, MODEL_ENV
 
 DENSE_RESOLUTION = 768
@@ -181,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true")
     add_head_commands(commands)
     add_text_commands(commands, _command)
+    add_serve_command(commands)
     for command in commands.choices.values():  # also accepted after the command's name
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     return parser
