@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dinov3kit.resize import filter_taps, resize, resize_many
+from dinov3kit.pixels.resize import filter_taps, resize, resize_many
 
 SIZES = [(480, 224), (3000, 224), (100, 224), (7, 224), (1, 224), (301, 256), (224, 224), (2, 3), (224, 100)]
 

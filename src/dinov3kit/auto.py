@@ -8,12 +8,13 @@ Sources: hub ids and folders (their `config.json`), a `config.json` file, and Me
 from __future__ import annotations
 
 import importlib
-import json
 import os
-from pathlib import Path
 from typing import Any
 
-from .weights.errors import CheckpointError
+from .errors import CheckpointError
+from .source import HubOptions, Source, resolve_source
+from .weights.loading import model_type_of as _source_model_type
+from .weights.loading import read_config
 
 #: model_type → role → (module, class name).
 MODEL_CLASSES: dict[str, dict[str, tuple[str, str]]] = {
@@ -44,66 +45,37 @@ def class_for(model_type: str, role: str) -> type:
         raise CheckpointError(f"{class_name} ({model_type}) is not available in this dinov3kit install: {error}") from error
 
 
-def model_type_of(source: str | os.PathLike, **hub_kwargs: Any) -> str:
+def source_of(source: str | os.PathLike | Source, **kwargs: Any) -> Source:
+    """The resolved source, hub options taken from `kwargs` (revision, token, cache_dir, local_files_only)."""
+    return resolve_source(source, HubOptions(**{key: kwargs.get(key) for key in HUB_KEYS}))
+
+
+def model_type_of(source: str | os.PathLike | Source, **hub_kwargs: Any) -> str:
     """The `model_type` of a hub id, folder, `config.json` or Meta checkpoint file."""
-    if _is_meta_file(source):
-        from .weights.loading import meta_model_type
-        from .weights.resolve import locate
-
-        return meta_model_type(locate(source, _hub(hub_kwargs)))
-    return _config_json(source, hub_kwargs)[1]["model_type"]
+    return _source_model_type(source_of(source, **hub_kwargs))
 
 
-def _config_json(source: str | os.PathLike, hub_kwargs: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
-    from .weights.resolve import resolve_config_file
-
-    config_file = Path(resolve_config_file(source, _hub(hub_kwargs)))
-    try:
-        data = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{config_file}: not a readable JSON config ({error})") from error
-    if not isinstance(data, dict) or "model_type" not in data:
-        raise CheckpointError(f"{config_file}: has no model_type; is it a transformers config.json?")
-    return config_file, data
-
-
-def _is_meta_file(source: str | os.PathLike) -> bool:
-    path = Path(source).expanduser()
-    return path.is_file() and path.suffix != ".json" and not path.name.endswith(".safetensors")
-
-
-def _hub(hub_kwargs: dict[str, Any]):
-    from .weights.resolve import HubOptions
-
-    return HubOptions(**{key: hub_kwargs.get(key) for key in HUB_KEYS})
-
-
-def _hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {key: kwargs[key] for key in HUB_KEYS if key in kwargs}
+def _split_hub_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    hub = {key: kwargs[key] for key in HUB_KEYS if key in kwargs}
+    return hub, {key: value for key, value in kwargs.items() if key not in HUB_KEYS}
 
 
 class AutoConfig:
     """The config class of a checkpoint's model type."""
 
     @classmethod
-    def from_pretrained(cls, source: str | os.PathLike, **kwargs: Any):
+    def from_pretrained(cls, source: str | os.PathLike | Source, **kwargs: Any):
         """Read (or, for a Meta checkpoint, infer from the tensors) the config of `source`; keyword
         arguments that are not hub options (revision, token, cache_dir, local_files_only) override fields."""
-        hub_kwargs = _hub_kwargs(kwargs)
-        overrides = {key: value for key, value in kwargs.items() if key not in HUB_KEYS}
-        if _is_meta_file(source):
-            from .weights.loading import meta_model_type, read_config
-            from .weights.resolve import locate
-
-            checkpoint = locate(source, _hub(hub_kwargs))
-            config = read_config(checkpoint, class_for(meta_model_type(checkpoint), "config"))
-            return config.copy(**overrides) if overrides else config
-        config_file, data = _config_json(source, hub_kwargs)
-        config_class = class_for(data["model_type"], "config")
+        hub_kwargs, overrides = _split_hub_kwargs(kwargs)
+        source = source_of(source, **hub_kwargs)
+        config = read_config(source)
+        if not overrides:
+            return config.copy()
         try:
-            return config_class.from_dict(data, **overrides)
+            return config.copy(**overrides)
         except (TypeError, ValueError) as error:
-            raise CheckpointError(f"{config_file}: invalid config ({error})") from error
+            raise CheckpointError(f"{source.name}: invalid config overrides {overrides} ({error})") from error
 
     @classmethod
     def for_model(cls, model_type: str, **kwargs: Any):
@@ -115,10 +87,11 @@ class _AutoModelClass:
     role: str
 
     @classmethod
-    def from_pretrained(cls, source: str | os.PathLike, *args: Any, **kwargs: Any):
+    def from_pretrained(cls, source: str | os.PathLike | Source, *args: Any, **kwargs: Any):
         """`<ModelClass>.from_pretrained(source, ...)` for the class of the checkpoint's model type."""
         config = kwargs.get("config")
-        model_type = config.model_type if config is not None else model_type_of(source, **_hub_kwargs(kwargs))
+        source = source_of(source, **kwargs)
+        model_type = config.model_type if config is not None else _source_model_type(source)
         return class_for(model_type, cls.role).from_pretrained(source, *args, **kwargs)
 
     @classmethod
@@ -143,9 +116,9 @@ class AutoImageProcessor:
     """The image processor of a checkpoint (DINOv3 ViT and ConvNeXt share `DINOv3ViTImageProcessor`)."""
 
     @classmethod
-    def from_pretrained(cls, source: str | os.PathLike, **kwargs: Any):
+    def from_pretrained(cls, source: str | os.PathLike | Source, **kwargs: Any):
         """See `DINOv3ViTImageProcessor.from_pretrained`; `use_fast` is accepted and ignored."""
-        from .processing import DINOv3ViTImageProcessor
+        from .pixels.processor import DINOv3ViTImageProcessor  # PIL loads on first use: `import dinov3kit` stays fast
 
         kwargs.pop("use_fast", None)
         return DINOv3ViTImageProcessor.from_pretrained(source, **kwargs)

@@ -4,14 +4,113 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import numbers
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .fileio import write_bytes_atomic
+from .source import CONFIG_NAME, Source, resolve_source
 from .variants import CONVNEXT_VARIANTS, VIT_VARIANTS
 
-CONFIG_NAME = "config.json"
+#: transformers' `hidden_act` names the models implement (models.layers.ACTIVATIONS has one module each).
+HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
+#: Largest model a config may describe, in parameters (ViT-7B has 6.7e9): a config beyond it is a typo or
+#: hostile, and refusing it here stops a loader from taking all the machine's memory before failing.
+MAX_PARAMETERS = 5 * 10**10
+
+
+class ConfigError(ValueError):
+    """A config field holds a value the model cannot be built with; the message names the field, the
+    value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """What a numeric config field accepts: its kind ("int", "float" or "bool"), inclusive bounds, and
+    whether None is allowed."""
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    optional: bool = False
+    #: Whether the low bound itself is excluded (eps > 0, rates < 1).
+    open_low: bool = False
+    open_high: bool = False
+
+
+def check_field(name: str, value: Any, spec: Field) -> None:
+    """Raise `ConfigError` unless `value` is of the field's kind and inside its range."""
+    if value is None:
+        if spec.optional:
+            return
+        raise ConfigError(f"config field {name}={value!r}: a value is required")
+    if spec.kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"config field {name}={value!r}: expected true or false")
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"config field {name}={value!r}: expected a number ({spec.kind})")
+    if spec.kind == "int" and not isinstance(value, numbers.Integral):
+        raise ConfigError(f"config field {name}={value!r}: expected an integer")
+    if not math.isfinite(value):
+        raise ConfigError(f"config field {name}={value!r}: expected a finite number")
+    too_low = spec.low is not None and (value <= spec.low if spec.open_low else value < spec.low)
+    too_high = spec.high is not None and (value >= spec.high if spec.open_high else value > spec.high)
+    if too_low or too_high:
+        low = "" if spec.low is None else f"{spec.low:g} {'<' if spec.open_low else '<='} "
+        high = "" if spec.high is None else f" {'<' if spec.open_high else '<='} {spec.high:g}"
+        raise ConfigError(f"config field {name}={value!r} is out of range; allowed: {low}{name}{high}")
+
+
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"config field {name}={value!r}: expected one of {list(allowed)}")
+
+
+def check_parameter_count(config: "BaseConfig", count: int) -> None:
+    if count > MAX_PARAMETERS:
+        raise ConfigError(
+            f"this config describes a model of about {count:.3g} parameters, over the {MAX_PARAMETERS:.0e} cap "
+            f"(ViT-7B has 6.7e9); check its sizes ({config.size_summary()})"
+        )
+
+
+_SIZE = 1 << 16  # a width or image side beyond any real DINOv3 model
+_COMMON_FIELDS = {
+    "num_channels": Field("int", 1, 64),
+    "initializer_range": Field("float", 0, None),
+    "layer_norm_eps": Field("float", 0, 1, open_low=True),
+    "drop_path_rate": Field("float", 0, 1, open_high=True),
+}
+VIT_FIELDS = {
+    **_COMMON_FIELDS,
+    "patch_size": Field("int", 1, 1024),
+    "hidden_size": Field("int", 4, _SIZE),
+    "intermediate_size": Field("int", 1, 4 * _SIZE),
+    "num_hidden_layers": Field("int", 1, 1024),
+    "num_attention_heads": Field("int", 1, 1024),
+    "attention_dropout": Field("float", 0, 1, open_high=True),
+    "rope_theta": Field("float", 0, None, open_low=True),
+    "image_size": Field("int", 1, _SIZE),
+    "layerscale_value": Field("float"),
+    "num_register_tokens": Field("int", 0, 1024),
+    "pos_embed_shift": Field("float", 0, None, optional=True),
+    "pos_embed_jitter": Field("float", 0, None, optional=True),
+    "pos_embed_rescale": Field("float", 1, None, optional=True),
+    **{name: Field("bool") for name in (
+        "query_bias", "key_bias", "value_bias", "proj_bias", "mlp_bias", "use_gated_mlp", "apply_layernorm",
+        "reshape_hidden_states", "return_class_token",
+    )},
+}  # fmt: skip
+CONVNEXT_FIELDS = {
+    **_COMMON_FIELDS,
+    "layer_scale_init_value": Field("float"),
+}
+#: ConvNeXt: each stage's width and depth.
+CONVNEXT_STAGE_FIELDS = {"hidden_sizes": Field("int", 1, _SIZE), "depths": Field("int", 0, 1024)}
 
 
 @dataclass
@@ -53,19 +152,16 @@ class BaseConfig:
             return cls.from_dict(json.load(handle))
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Write `config.json` into `folder` (created if needed) and return its path."""
+        """Write `config.json` into `folder` (created if needed, replaced atomically) and return its path."""
         path = Path(folder) / CONFIG_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json_string(), encoding="utf-8")
+        write_bytes_atomic(path, self.to_json_string().encode("utf-8"))
         return path
 
     @classmethod
-    def from_pretrained(cls, source: str | os.PathLike, **overrides: Any) -> "BaseConfig":
-        """Read the config of a local folder, a `config.json` path or a hub id."""
-        from .weights.resolve import resolve_config_file
-
-        with open(resolve_config_file(source), encoding="utf-8") as handle:
-            return cls.from_dict(json.load(handle), **overrides)
+    def from_pretrained(cls, source: str | os.PathLike | Source, **overrides: Any) -> "BaseConfig":
+        """Read the config of a local folder, a `config.json` path or a hub id (`AutoConfig` also infers
+        the config of a Meta `.pth` checkpoint)."""
+        return cls.from_dict(resolve_source(source).config_data(), **overrides)
 
     # --- backbone stages ---------------------------------------------------------------------
     @property
@@ -98,10 +194,16 @@ class BaseConfig:
             raise ValueError(f"out_features {features} and out_indices {indices} name different stages")
         self.out_features, self.out_indices = features, indices
 
-    def set_out_indices(self, out_indices: list[int]) -> None:
-        """Select backbone stages by index (0 = stem, i = output of block i)."""
-        self.out_features, self.out_indices = None, list(out_indices)
-        self._align_out_features()
+    def _check_stage_selection(self) -> None:
+        for name, kind in (("out_features", str), ("out_indices", numbers.Integral)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, (list, tuple)) or not all(
+                isinstance(item, kind) and not isinstance(item, bool) for item in value
+            ):
+                what = "stage names" if kind is str else "integers"
+                raise ConfigError(f"config field {name}={value!r}: expected a list of {what}")
 
     def copy(self, **changes: Any) -> "BaseConfig":
         data = self.to_dict()
@@ -149,15 +251,42 @@ class DINOv3ViTConfig(BaseConfig):
     def __post_init__(self) -> None:
         if isinstance(self.patch_size, (list, tuple)):
             if len(set(self.patch_size)) != 1:
-                raise ValueError(f"only square patches are supported, got patch_size={self.patch_size}")
-            self.patch_size = int(self.patch_size[0])
+                raise ConfigError(f"config field patch_size={self.patch_size}: only square patches are supported")
+            self.patch_size = self.patch_size[0]
+        self.validate()
+        self._align_out_features()
+
+    def validate(self) -> None:
+        """Check every field (type and range, head count against width, model size) before anything is
+        built; raises `ConfigError` naming the first bad field."""
+        for name, spec in VIT_FIELDS.items():
+            check_field(name, getattr(self, name), spec)
+        check_choice("hidden_act", self.hidden_act, HIDDEN_ACTS)
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
+            raise ConfigError(
+                f"config field hidden_size={self.hidden_size} is not divisible by num_attention_heads="
+                f"{self.num_attention_heads}; choose a head count that divides the width"
             )
         if self.head_dim % 4:
-            raise ValueError(f"RoPE needs a head dimension divisible by 4, got {self.head_dim}")
-        self._align_out_features()
+            raise ConfigError(
+                f"config fields hidden_size={self.hidden_size} / num_attention_heads={self.num_attention_heads} give a "
+                f"head dimension of {self.head_dim}; RoPE needs a multiple of 4"
+            )
+        self._check_stage_selection()
+        check_parameter_count(self, self.parameter_estimate())
+
+    def parameter_estimate(self) -> int:
+        """About how many parameters the model has (attention and MLP weights, patch embedding, tokens)."""
+        width, mlp = self.hidden_size, self.intermediate_size * (3 if self.use_gated_mlp else 2)
+        per_block = 4 * width * width + mlp * width
+        embedding = self.num_channels * self.patch_size**2 * width + (2 + self.num_register_tokens) * width
+        return self.num_hidden_layers * per_block + embedding
+
+    def size_summary(self) -> str:
+        return (
+            f"hidden_size={self.hidden_size}, intermediate_size={self.intermediate_size}, "
+            f"num_hidden_layers={self.num_hidden_layers}, patch_size={self.patch_size}"
+        )
 
     @property
     def head_dim(self) -> int:
@@ -201,13 +330,44 @@ class DINOv3ConvNextConfig(BaseConfig):
     out_indices: list[int] | None = None
 
     def __post_init__(self) -> None:
-        self.hidden_sizes = [96, 192, 384, 768] if self.hidden_sizes is None else [int(h) for h in self.hidden_sizes]
-        self.depths = [3, 3, 9, 3] if self.depths is None else [int(d) for d in self.depths]
-        if not self.depths or len(self.depths) != len(self.hidden_sizes):
-            raise ValueError(
-                f"depths {self.depths} and hidden_sizes {self.hidden_sizes} must name the same, non-zero number of stages"
-            )
+        self.hidden_sizes = [96, 192, 384, 768] if self.hidden_sizes is None else self.hidden_sizes
+        self.depths = [3, 3, 9, 3] if self.depths is None else self.depths
+        self.validate()
+        self.hidden_sizes, self.depths = list(self.hidden_sizes), list(self.depths)
         self._align_out_features()
+
+    def validate(self) -> None:
+        """Check every field (type and range, stage lists, model size) before anything is built; raises
+        `ConfigError` naming the first bad field."""
+        for name, spec in CONVNEXT_FIELDS.items():
+            check_field(name, getattr(self, name), spec)
+        check_choice("hidden_act", self.hidden_act, HIDDEN_ACTS)
+        for name, spec in CONVNEXT_STAGE_FIELDS.items():
+            values = getattr(self, name)
+            if not isinstance(values, (list, tuple)) or not 1 <= len(values) <= 8:
+                raise ConfigError(f"config field {name}={values!r}: expected a list of 1 to 8 integers (one per stage)")
+            for index, value in enumerate(values):
+                check_field(f"{name}[{index}]", value, spec)
+        if len(self.depths) != len(self.hidden_sizes):
+            raise ConfigError(
+                f"config fields depths={self.depths} and hidden_sizes={self.hidden_sizes} must name the same number "
+                "of stages"
+            )
+        sides = self.image_size if isinstance(self.image_size, (list, tuple)) else [self.image_size]
+        for side in sides:
+            check_field("image_size", side, Field("int", 1, _SIZE))
+        self._check_stage_selection()
+        check_parameter_count(self, self.parameter_estimate())
+
+    def parameter_estimate(self) -> int:
+        """About how many parameters the model has (block convolutions and MLPs, downsampling layers)."""
+        widths = [self.num_channels, *self.hidden_sizes]
+        blocks = sum(depth * (49 * width + 8 * width * width) for depth, width in zip(self.depths, self.hidden_sizes))
+        downsample = sum(4 * before * after for before, after in zip(widths, widths[1:]))
+        return blocks + downsample
+
+    def size_summary(self) -> str:
+        return f"hidden_sizes={self.hidden_sizes}, depths={self.depths}"
 
     @property
     def num_stages(self) -> int:
@@ -244,3 +404,7 @@ class DINOv3ConvNextConfig(BaseConfig):
         if key not in CONVNEXT_VARIANTS:
             raise ValueError(f"unknown DINOv3 ConvNeXt preset {name!r}; choose from {sorted(CONVNEXT_VARIANTS)}")
         return cls(**{**CONVNEXT_VARIANTS[key].config_kwargs(), **overrides})
+
+
+#: model_type → config class.
+CONFIG_CLASSES: dict[str, type[BaseConfig]] = {cls.model_type: cls for cls in (DINOv3ViTConfig, DINOv3ConvNextConfig)}

@@ -15,14 +15,16 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
-if TYPE_CHECKING:  # images.py (PIL) loads on first use: `import dinov3kit` stays fast
-    from .images import ImageLoadError
+from .auto import HUB_KEYS, AutoImageProcessor, AutoModel, source_of
+from .pixels import DEFAULT_TIMEOUT
+from .weights.placement import resolve_device, resolve_dtype
+
+if TYPE_CHECKING:  # the pixels modules (PIL) load on first use: `import dinov3kit` stays fast
+    from .pixels.decode import ImageLoadError
 
 logger = logging.getLogger(__name__)
 
 TASKS = ("image-feature-extraction",)
-#: Seconds to wait for an image URL (as `load_image`; transformers waits forever by default).
-DEFAULT_TIMEOUT = 10.0
 
 
 def pipeline(
@@ -57,11 +59,9 @@ def pipeline(
         )
     dtype = dtype if dtype is not None else torch_dtype
     if isinstance(device, int):  # transformers' convention: -1 is the CPU, n >= 0 CUDA device n
-        device = f"cuda:{device}" if device >= 0 else "cpu"
+        device = resolve_device(device)
     if isinstance(model, (str, os.PathLike)):
-        from .auto import HUB_KEYS, AutoImageProcessor, AutoModel
-
-        source = model
+        source = source_of(model, **model_kwargs)  # resolved once: model and processor read the same files
         model = AutoModel.from_pretrained(source, dtype=dtype, device=device, **model_kwargs)
         if image_processor is None:
             hub = {key: model_kwargs[key] for key in HUB_KEYS if key in model_kwargs}
@@ -69,19 +69,15 @@ def pipeline(
     else:
         if model_kwargs:
             raise TypeError(f"unexpected arguments {sorted(model_kwargs)} for a model instance")
-        from .weights.loading import resolve_device, resolve_dtype
-
         if device is not None:
             model = model.to(resolve_device(device))
         if dtype is not None:
-            model = model.to(resolve_dtype(dtype, model.dtype))
+            model = model.to(resolve_dtype(dtype, model.dtype, model.device))
         if image_processor is None:
-            from .processing import processor_for_model
+            from .pixels.processor import processor_for_model  # PIL on first use
 
             image_processor = processor_for_model(model)
     if isinstance(image_processor, (str, os.PathLike)):
-        from .auto import AutoImageProcessor
-
         image_processor = AutoImageProcessor.from_pretrained(image_processor)
     return ImageFeatureExtractionPipeline(
         model.eval(),
@@ -175,7 +171,8 @@ class ImageFeatureExtractionPipeline:
         return results[0] if single else results
 
     def _preprocess(self, index: int, item: Any, opts: dict[str, Any]) -> torch.Tensor | None:
-        from .images import ImageLoadError, load_image
+        from .pixels.decode import ImageLoadError  # PIL on first use
+        from .pixels.load import load_image
 
         try:
             image = load_image(item, timeout=opts["timeout"])

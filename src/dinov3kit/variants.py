@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -14,6 +15,13 @@ NORMALIZATION = {
     "lvd1689m": (IMAGENET_MEAN, IMAGENET_STD),
     "sat493m": (SAT493M_MEAN, SAT493M_STD),
 }
+_DATASET_NAME = re.compile("|".join(NORMALIZATION))
+
+
+def dataset_in_name(name: object) -> str | None:
+    """The pretraining dataset a checkpoint's file name or hub id names ("lvd1689m", "sat493m"), if any."""
+    match = _DATASET_NAME.search(str(name).lower())
+    return match.group(0) if match else None
 
 
 @dataclass(frozen=True)

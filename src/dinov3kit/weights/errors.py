@@ -1,8 +1,5 @@
-"""The one exception type for unusable checkpoints."""
+"""The checkpoint error under its `weights` name (defined in `dinov3kit.errors`, below every layer)."""
 
+from ..errors import CheckpointError
 
-class CheckpointError(ValueError):
-    """A checkpoint could not be found, read or matched to the model.
-
-    The message names the file (or hub id) and the tensors concerned and says what to do.
-    """
+__all__ = ["CheckpointError"]

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import CheckpointError
-
-SAFE_WEIGHTS_NAME = "model.safetensors"
-SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+from ..errors import CheckpointError
+from ..source import SAFE_WEIGHTS_INDEX_NAME, Source
 
 
 class TensorFile:
@@ -64,14 +61,6 @@ def open_safetensors(paths: list[Path], weight_map: dict[str, str] | None = None
     return TensorFile(name, owners, lambda key: handles[owners[key]].get_tensor(key))
 
 
-def read_safetensors_index(index_path: Path) -> dict[str, str]:
-    """The key → shard file map of a `model.safetensors.index.json`."""
-    try:
-        return dict(json.loads(index_path.read_text(encoding="utf-8"))["weight_map"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{index_path}: not a valid safetensors index ({error})") from error
-
-
 def open_torch_pickle(path: Path) -> TensorFile:
     """Open a `.pth` state dict with `weights_only=True`, memory-mapped; training wrappers are unwrapped."""
     try:
@@ -88,6 +77,18 @@ def open_torch_pickle(path: Path) -> TensorFile:
         ) from error
     state = _unwrap_state_dict(obj, path)
     return TensorFile(str(path), state, state.__getitem__)
+
+
+def open_source(source: Source) -> TensorFile:
+    """The tensors of a resolved source, opened lazily once (later calls return the same file)."""
+
+    def open_tensors() -> TensorFile:
+        if source.layout == "meta":
+            return open_torch_pickle(source.path)
+        paths, weight_map = source.weight_files()
+        return open_safetensors(paths, weight_map)
+
+    return source.remember("tensors", open_tensors)
 
 
 def _unwrap_state_dict(obj: Any, path: os.PathLike) -> dict[str, torch.Tensor]:

@@ -15,15 +15,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
-from ..configs import DINOv3ViTConfig
+from ..configs import CONFIG_CLASSES, ConfigError, DINOv3ViTConfig
+from ..errors import CheckpointError
+from ..fileio import atomic_write, refuse_overwriting_sources
 from ..models.rope import rope_periods
+from ..source import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, HubOptions, Source, resolve_source
 from . import hf, meta
-from .errors import CheckpointError
-from .files import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, TensorFile
+from .files import TensorFile, open_source
 from .keymap import KeyRule, translate
-from .placement import device_of, dispatch, resolve_device_map
-from .resolve import Checkpoint, HubOptions, locate
+from .placement import device_of, dispatch, parse_size, resolve_device, resolve_device_map, resolve_dtype
 
 #: Config key under which a saved folder keeps RoPE periods that differ from the ones rope_theta gives
 #: (Meta checkpoints store them rounded to bf16). transformers ignores it; we use it to stay exact.
@@ -88,63 +90,40 @@ LAYOUTS: dict[tuple[str, str], Layout] = {
 }
 
 
-def meta_model_type(checkpoint: Checkpoint) -> str:
-    """The model type of a Meta-layout state dict, recognised from its keys."""
+def model_type_of(source: Source) -> str:
+    """The `model_type` of a source: from its config.json, or recognised from a Meta state dict's keys."""
+    if source.layout == "hf":
+        return source.config_data()["model_type"]
+    tensors = open_source(source)
     for (model_type, layout_name), layout in LAYOUTS.items():
-        if layout_name == "meta" and layout.detect(checkpoint.tensors):
+        if layout_name == "meta" and layout.detect(tensors):
             return model_type
-    keys = checkpoint.tensors.keys()
     raise CheckpointError(
-        f"{checkpoint.name}: not a DINOv3 checkpoint in Meta's layout (no ViT or ConvNeXt keys); first keys: {keys[:5]}"
+        f"{source.name}: not a DINOv3 checkpoint in Meta's layout (no ViT or ConvNeXt keys); first keys: "
+        f"{tensors.keys()[:5]}"
     )
 
 
-def resolve_dtype(dtype: torch.dtype | str | None, stored: torch.dtype) -> torch.dtype:
-    """A torch dtype from a dtype, its name ("bfloat16", "bf16", "torch.float16") or None/"auto" (= stored)."""
-    if dtype is None or dtype == "auto":
-        return stored
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
-    name = str(dtype).removeprefix("torch.")
-    resolved = getattr(torch, aliases.get(name, name), None)
-    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-        raise ValueError(f"dtype must be a floating torch dtype or 'auto', got {dtype!r}")
-    return resolved
-
-
-def resolve_device(device: torch.device | str | None) -> torch.device:
-    """A torch device; "auto" picks CUDA, then MPS, then the CPU."""
-    if device is None:
-        return torch.device("cpu")
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
-
-
-def read_config(checkpoint: Checkpoint, config_class: type) -> Any:
-    """The config stored beside the weights (transformers layout) or inferred from them (Meta layout)."""
-    if checkpoint.layout == "meta":
-        model_type = meta_model_type(checkpoint)
-        if model_type != config_class.model_type:
-            raise CheckpointError(f"{checkpoint.name}: holds a {model_type} model, not {config_class.model_type}")
-        return LAYOUTS[model_type, "meta"].infer_config(checkpoint.tensors, Path(checkpoint.name).name)
-    try:
-        data = json.loads(Path(checkpoint.config_file).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{checkpoint.config_file}: not a readable JSON config ({error})") from error
-    if data.get("model_type") != config_class.model_type:
+def read_config(source: Source, config_class: type | None = None) -> Any:
+    """The config stored beside the weights (transformers layout) or inferred from them (Meta layout),
+    read once per source; `config_class` (when given) must match the checkpoint's model type."""
+    model_type = model_type_of(source)
+    if config_class is not None and model_type != config_class.model_type:
+        raise CheckpointError(f"{source.name}: holds a {model_type} model, not {config_class.model_type}")
+    if model_type not in CONFIG_CLASSES:
         raise CheckpointError(
-            f"{checkpoint.config_file}: model_type is {data.get('model_type')!r}, expected {config_class.model_type!r}"
+            f"{source.name}: model_type {model_type!r} is not a DINOv3 model; dinov3kit supports {sorted(CONFIG_CLASSES)}"
         )
-    try:
-        return config_class.from_dict(data)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{checkpoint.config_file}: invalid config ({error})") from error
+
+    def read() -> Any:
+        if source.layout == "meta":
+            return LAYOUTS[model_type, "meta"].infer_config(open_source(source), Path(source.name).name)
+        try:
+            return CONFIG_CLASSES[model_type].from_dict(source.config_data())
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"{source.config_file}: invalid config ({error})") from error
+
+    return source.remember("config", read)
 
 
 def load_model(
@@ -161,12 +140,15 @@ def load_model(
     max_memory: dict | None = None,
 ):
     """Build `model_class` with the weights of `source` (see `PreTrainedModel.from_pretrained`)."""
-    checkpoint = locate(source, hub)
-    config = config if config is not None else read_config(checkpoint, model_class.config_class)
-    layout = LAYOUTS[config.model_type, checkpoint.layout]
+    source = resolve_source(source, hub)
+    config = config if config is not None else read_config(source, model_class.config_class)
+    layout = LAYOUTS[config.model_type, source.layout]
     if config_overrides:
-        config = config.copy(**config_overrides)
-    tensors = checkpoint.tensors
+        try:
+            config = config.copy(**config_overrides)
+        except ConfigError as error:
+            raise CheckpointError(f"{source.name}: the config overrides {config_overrides} are invalid: {error}") from error
+    tensors = open_source(source)
     original = {layout.canonical_key(key): key for key in tensors.keys()}
     read = layout.loader(tensors)
     weight_key = next((k for k in original if k.endswith(".weight")), None)
@@ -192,7 +174,7 @@ def load_model(
             original,
             expected,
             direction="to_ours",
-            origin=checkpoint.name,
+            origin=source.name,
             finalize=finalize,
         )
     for key, value in layout.derived(config).items():
@@ -200,8 +182,10 @@ def load_model(
     for key, shape in expected.items():
         if key not in state and torch.Size(shape).numel() == 0:  # e.g. no register tokens
             state[key] = torch.empty(shape, device=device_of(devices, key), dtype=target_dtype)
-    check_state(checkpoint.name, state, expected, set(original) - used, layout.ignored)
+    check_state(source.name, state, expected, set(original) - used, layout.ignored)
     model.load_state_dict(state, assign=True, strict=True)
+    if source.is_local:  # saving over these files while the model may map them is refused (see `save_model`)
+        model.checkpoint_files = tuple(source.weight_files()[0])
     dispatch(model, devices)
     model.set_attn_implementation(attn_implementation or "sdpa")
     return model.eval()
@@ -261,22 +245,10 @@ def _preview(items: list[str], limit: int = 8) -> str:
     return f"[{shown}{f', ... ({len(items)} in all)' if len(items) > limit else ''}]"
 
 
-def parse_size(size: int | str) -> int:
-    """Bytes from an int or a string such as "5GB", "500MB", "2GiB"."""
-    if isinstance(size, int):
-        return size
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)?\s*", size, re.IGNORECASE)
-    if not match:
-        raise ValueError(f"cannot read size {size!r}; use an int or e.g. '5GB'")
-    units = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
-    return int(float(match.group(1)) * units.get((match.group(2) or "").lower(), 1))
-
-
-def refuse_quantized(model) -> None:
-    """Quantized tensors have no place in either checkpoint layout: say so before writing anything."""
-    from ..quantize import is_quantized
-
-    if is_quantized(model):
+def refuse_unsavable(model: nn.Module) -> None:
+    """Quantized (tensor-subclass) parameters have no place in either checkpoint layout: say so before
+    writing anything."""
+    if any(type(p) not in (torch.Tensor, nn.Parameter) for p in model.parameters()):
         raise CheckpointError(
             f"{type(model).__name__} is quantized and cannot be saved as a checkpoint; save the unquantized "
             "model and quantize when loading: from_pretrained(..., quantization_config=...)"
@@ -284,12 +256,16 @@ def refuse_quantized(model) -> None:
 
 
 def save_model(model, folder: str | os.PathLike, *, max_shard_size: int | str = "5GB") -> Path:
-    """Write a transformers-layout folder (config.json + safetensors, sharded past `max_shard_size`)."""
-    from safetensors.torch import save_file
+    """Write a transformers-layout folder (config.json + safetensors, sharded past `max_shard_size`).
 
-    refuse_quantized(model)
+    Each file is written beside its destination and renamed into place (a crash leaves the old file or
+    none, never half of one). Writing over the files the model was loaded from is refused before
+    anything is written: they may still be mapped into the model's memory.
+    """
+    from safetensors.torch import save_file  # optional at import time: only saving needs it
+
+    refuse_unsavable(model)
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     config = model.config.copy()
     ours = model.state_dict()
     LAYOUTS[config.model_type, "hf"].save_config(ours, config)
@@ -304,20 +280,25 @@ def save_model(model, folder: str | os.PathLike, *, max_shard_size: int | str = 
         finalize=lambda key, tensor: tensor.detach().contiguous(),
     )
     shards = _shard(theirs, parse_size(max_shard_size))
-    for old in folder.glob("model*.safetensors"):
-        old.unlink()
-    (folder / SAFE_WEIGHTS_INDEX_NAME).unlink(missing_ok=True)
-    if len(shards) == 1:
-        save_file(shards[0], str(folder / SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
-    else:
-        weight_map = {}
-        for number, shard in enumerate(shards, start=1):
-            name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, str(folder / name), metadata={"format": "pt"})
-            weight_map.update(dict.fromkeys(shard, name))
+    names = [SAFE_WEIGHTS_NAME] if len(shards) == 1 else [
+        f"model-{number:05d}-of-{len(shards):05d}.safetensors" for number in range(1, len(shards) + 1)
+    ]
+    sources = getattr(model, "checkpoint_files", ())
+    stale = [*folder.glob("model*.safetensors"), folder / SAFE_WEIGHTS_INDEX_NAME] if folder.is_dir() else []
+    for path in [*(folder / name for name in names), *stale]:
+        refuse_overwriting_sources(path, sources)
+    for name, shard in zip(names, shards):
+        with atomic_write(folder / name, sources=sources) as temporary:
+            save_file(shard, str(temporary), metadata={"format": "pt"})
+    if len(shards) > 1:
+        weight_map = {key: name for name, shard in zip(names, shards) for key in shard}
         total = sum(t.numel() * t.element_size() for t in theirs.values())
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (folder / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        with atomic_write(folder / SAFE_WEIGHTS_INDEX_NAME) as temporary:
+            temporary.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    for path in stale:
+        if path.name not in names and not (path.name == SAFE_WEIGHTS_INDEX_NAME and len(shards) > 1):
+            path.unlink(missing_ok=True)
     config.save_pretrained(folder)
     return folder
 
@@ -336,8 +317,12 @@ def _shard(tensors: dict[str, torch.Tensor], limit: int) -> list[dict[str, torch
 
 
 def save_meta_checkpoint(model, path: str | os.PathLike) -> Path:
-    """Write Meta's original `.pth` layout (fused QKV bias with its `bias_mask`, SwiGLU as w1/w2/w3)."""
-    refuse_quantized(model)
+    """Write Meta's original `.pth` layout (fused QKV bias with its `bias_mask`, SwiGLU as w1/w2/w3),
+    atomically; writing over the file the model was loaded from is refused."""
+    refuse_unsavable(model)
+    path = Path(path)
+    sources = getattr(model, "checkpoint_files", ())
+    refuse_overwriting_sources(path, sources)
     ours = model.state_dict()
     theirs, _ = translate(
         LAYOUTS[model.config.model_type, "meta"].rules(model.config),
@@ -349,7 +334,6 @@ def save_meta_checkpoint(model, path: str | os.PathLike) -> Path:
         finalize=lambda key, tensor: tensor.detach().cpu().contiguous(),
     )
     LAYOUTS[model.config.model_type, "meta"].finish_save(theirs, model.config)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(theirs, path)
+    with atomic_write(path, sources=sources) as temporary:
+        torch.save(theirs, temporary)
     return path

@@ -5,11 +5,12 @@ tensors, and the ViT's masked QKV bias."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 
-from ..configs import DINOv3ConvNextConfig, DINOv3ViTConfig
-from ..variants import find_convnext_variant, find_vit_variant
+from ..configs import ConfigError, DINOv3ConvNextConfig, DINOv3ViTConfig
+from ..variants import dataset_in_name, find_convnext_variant, find_vit_variant
 from .errors import CheckpointError
 from .files import TensorFile
 from .keymap import KeyRule, rule
@@ -99,7 +100,14 @@ def infer_vit_config(tensors: TensorFile, file_name: str = "") -> DINOv3ViTConfi
     else:
         enabled = [has_qkv_bias] * 3
     patch = shape("patch_embed.proj.weight")
-    config = DINOv3ViTConfig(
+    if head_dim == 0 or hidden % head_dim or len(patch) != 4:
+        raise CheckpointError(
+            f"{tensors.name}: inconsistent shapes (width {hidden}, {head_dim // 4} RoPE periods, patch embedding "
+            f"{tuple(patch)}); the checkpoint is damaged or not a DINOv3 ViT"
+        )
+    config = _inferred(
+        tensors,
+        DINOv3ViTConfig,
         patch_size=patch[-1],
         num_channels=patch[1],
         hidden_size=hidden,
@@ -119,13 +127,21 @@ def infer_vit_config(tensors: TensorFile, file_name: str = "") -> DINOv3ViTConfi
     variant = find_vit_variant(
         hidden_size=hidden, num_hidden_layers=depth, intermediate_size=intermediate, use_gated_mlp=gated
     )
-    dataset = re.search(r"(lvd1689m|sat493m)", file_name.lower())
+    dataset = dataset_in_name(file_name)
     config.extra.update(architectures=["DINOv3ViTModel"])
     if variant:
         config.extra["dinov3_variant"] = variant.name
     if dataset:
-        config.extra["dinov3_pretrain_dataset"] = dataset.group(1)
+        config.extra["dinov3_pretrain_dataset"] = dataset
     return config
+
+
+def _inferred(tensors: TensorFile, config_class: type, **fields: Any) -> Any:
+    """`config_class(**fields)`, its validation errors naming the checkpoint they were read from."""
+    try:
+        return config_class(**fields)
+    except ConfigError as error:
+        raise CheckpointError(f"{tensors.name}: the architecture read from its tensors is invalid: {error}") from error
 
 
 def finish_vit_checkpoint(state: dict[str, torch.Tensor], config: DINOv3ViTConfig) -> None:
@@ -184,14 +200,14 @@ def infer_convnext_config(tensors: TensorFile, file_name: str = "") -> DINOv3Con
         for stage in range(num_stages)
     ]
     hidden_sizes = [shape[0] for shape in shapes]
-    config = DINOv3ConvNextConfig(num_channels=shapes[0][1], hidden_sizes=hidden_sizes, depths=depths)
+    config = _inferred(tensors, DINOv3ConvNextConfig, num_channels=shapes[0][1], hidden_sizes=hidden_sizes, depths=depths)
     config.extra.update(architectures=["DINOv3ConvNextModel"])
     variant = find_convnext_variant(depths=depths, hidden_sizes=hidden_sizes)
     if variant:
         config.extra["dinov3_variant"] = f"convnext_{variant.name}"
-    dataset = re.search(r"(lvd1689m|sat493m)", file_name.lower())
+    dataset = dataset_in_name(file_name)
     if dataset:
-        config.extra["dinov3_pretrain_dataset"] = dataset.group(1)
+        config.extra["dinov3_pretrain_dataset"] = dataset
     return config
 
 

@@ -9,6 +9,7 @@ the hidden states to the next part's device, so the forward pass needs no other 
 from __future__ import annotations
 
 import os
+import re
 from typing import Mapping
 
 import torch
@@ -77,14 +78,65 @@ def memory_budgets(max_memory: Mapping | None = None) -> list[tuple[torch.device
     Without `max_memory`: WEIGHT_SHARE of each device's free memory. `max_memory` ({0: "20GiB", "cpu": "64GB"},
     as in transformers) sets the budgets of the devices it names and leaves out the others.
     """
-    from .loading import parse_size
-
     if max_memory is not None:
         budgets = {_as_device(key): parse_size(value) for key, value in max_memory.items()}
     else:
         devices = [torch.device("cuda", i) for i in range(torch.cuda.device_count())] + [torch.device("cpu")]
         budgets = {device: int(WEIGHT_SHARE * free_memory(device)) for device in devices}
     return sorted(budgets.items(), key=lambda item: (item[0].type == "cpu", item[0].type, item[0].index or 0))
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from an int or a string such as "5GB", "500MB", "2GiB"."""
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)?\s*", size, re.IGNORECASE)
+    if not match:
+        raise ValueError(f"cannot read size {size!r}; use an int or e.g. '5GB'")
+    units = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+    return int(float(match.group(1)) * units.get((match.group(2) or "").lower(), 1))
+
+
+#: dtype names accepted everywhere (from_pretrained, pipeline, the tools' --dtype).
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+
+
+def resolve_dtype(
+    dtype: torch.dtype | str | None, stored: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> torch.dtype:
+    """The one meaning of every dtype name.
+
+    A torch dtype or its name ("bfloat16", "bf16", "torch.float16", ...) is itself; None and "auto" are
+    the dtype the checkpoint stores (`stored`), as in transformers; "fast" is bfloat16 on a CUDA
+    `device` and float32 elsewhere (CPUs without bf16 units run float32 faster).
+    """
+    if dtype is None or dtype == "auto":
+        return stored
+    if dtype == "fast":
+        return torch.bfloat16 if device is not None and torch.device(device).type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    resolved = getattr(torch, DTYPE_ALIASES.get(name, name), None)
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch dtype, its name (bf16, fp16, fp32), 'auto' or 'fast'; got {dtype!r}")
+    return resolved
+
+
+def resolve_device(device: torch.device | str | int | None) -> torch.device:
+    """The one meaning of every device name: None is the CPU; "auto" is CUDA, then Apple's MPS, then the
+    CPU; an int is that CUDA device (transformers' pipelines: -1 is the CPU)."""
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, int):
+        return torch.device("cuda", device) if device >= 0 else torch.device("cpu")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
 
 
 def free_memory(device: torch.device) -> int:
@@ -114,9 +166,7 @@ def resolve_device_map(
     if device_map == "auto":
         if torch.cuda.is_available() or max_memory is not None:
             return plan(placement_units(model, dtype), memory_budgets(max_memory))
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return {"": torch.device("mps")}
-        return {"": torch.device("cpu")}
+        return {"": resolve_device("auto")}
     if isinstance(device_map, str) and device_map in ("balanced", "sequential", "balanced_low_0"):
         raise ValueError(f"device_map={device_map!r} is not supported; use 'auto', a device or a dict")
     return {"": _as_device(device_map if device_map is not None else "cpu")}

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .scratch import scratch
+from ..scratch import scratch
 
 def _triangle(x: np.ndarray, real: type) -> np.ndarray:
     x = np.abs(x)
