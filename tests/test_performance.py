@@ -1,6 +1,6 @@
 """The fast paths keep their promises (logic only; speed itself is shown by benchmarks/): RoPE tables cached
 and rotated in place, patch matmul = convolution, fp32-computed half matmuls on CPUs without half units,
-one compiled graph for every resolution, bf16 accuracy on a real photo, and `device_map` planning."""
+one compiled graph for every resolution, bf16 accuracy on a real photo. (`device_map`: test_placement.py.)"""
 
 import numpy as np
 import pytest
@@ -15,7 +15,6 @@ from dinov3kit.backend.cpu import linear
 from dinov3kit.models import layers, vit
 from dinov3kit.models.layers import PatchEmbed
 from dinov3kit.models.rope import rope_cos_sin, rope_periods, rotate_
-from dinov3kit.weights import placement
 from oracles.hf_twin import save_hf_vit
 from oracles.random_weights import randomize_
 
@@ -217,77 +216,3 @@ def test_compiled_model_is_one_graph_for_every_resolution(cls):
             for a, b in zip(torch.atleast_1d(*[getattr(got, key)]), torch.atleast_1d(*[getattr(expected, key)])):
                 assert (a - b).abs().max() <= 1e-5
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
-
-
-# --- device_map ----------------------------------------------------------------------------------------
-
-GPU0, GPU1, CPU = torch.device("cuda", 0), torch.device("cuda", 1), torch.device("cpu")
-
-
-def units(model, dtype=torch.float32):
-    return placement.placement_units(model, dtype)
-
-
-def test_placement_units_cover_the_model_in_execution_order():
-    with torch.device("meta"):
-        model = DINOv3ViTModel(DINOv3ViTConfig(**TINY))
-    found = units(model)
-    assert [names for names, _ in found] == [
-        ["", "patch_embed", "blocks.0"], ["blocks.1"], ["blocks.2", "norm"]
-    ]  # fmt: skip
-    total = sum(p.numel() * 4 for p in model.parameters()) + model.rope_periods.numel() * 4
-    assert sum(size for _, size in found) == total
-    assert sum(size for _, size in units(model, torch.bfloat16)) < total
-
-
-def test_plan_prefers_one_device_then_splits_then_offloads():
-    parts = [(["", "blocks.0"], 40), (["blocks.1"], 30), (["blocks.2", "norm"], 30)]
-    one = placement.plan(parts, [(GPU0, 50), (GPU1, 100), (CPU, 1000)])
-    assert set(one.values()) == {GPU1}  # the first device that holds everything
-    split = placement.plan(parts, [(GPU0, 75), (GPU1, 60), (CPU, 1000)])
-    assert split == {"": GPU0, "blocks.0": GPU0, "blocks.1": GPU0, "blocks.2": GPU1, "norm": GPU1}
-    offload = placement.plan(parts, [(GPU0, 45), (GPU1, 35), (CPU, 1000)])
-    assert offload == {"": GPU0, "blocks.0": GPU0, "blocks.1": GPU1, "blocks.2": CPU, "norm": CPU}
-    with pytest.raises(ValueError, match=r"do not fit.*max_memory"):
-        placement.plan(parts, [(GPU0, 45), (CPU, 35)])
-
-
-def test_budgets_from_mocked_gpus(monkeypatch):
-    free = {0: 10 * 2**30, 1: 20 * 2**30}
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free[device.index], 80 * 2**30))
-    monkeypatch.setattr(placement, "free_memory", lambda device: free[device.index] if device.type == "cuda" else 2**34)
-    budgets = placement.memory_budgets()
-    assert [device for device, _ in budgets] == [GPU0, GPU1, CPU]
-    assert budgets[1][1] == int(placement.WEIGHT_SHARE * 20 * 2**30)
-    assert placement.memory_budgets({"cpu": "1GB", 1: "2GiB", 0: 5}) == [(GPU0, 5), (GPU1, 2**31), (CPU, 10**9)]
-
-
-def test_auto_map_splits_a_model_too_big_for_one_gpu(monkeypatch):
-    with torch.device("meta"):
-        model = DINOv3ViTModel(DINOv3ViTConfig(**TINY))
-    sizes = [size for _, size in units(model)]
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    budget = {0: sizes[0] + sizes[1], 1: sizes[2], "cpu": 0}
-    device_map = placement.resolve_device_map("auto", model, torch.float32, budget)
-    assert device_map["blocks.1"] == GPU0 and device_map["blocks.2"] == device_map["norm"] == GPU1
-    big = {0: sum(sizes), 1: sum(sizes)}
-    assert set(placement.resolve_device_map("auto", model, torch.float32, big).values()) == {GPU0}
-
-
-def test_device_map_loading_on_cpu(tmp_path):
-    reference, _ = save_hf_vit(tmp_path, **TINY)
-    pixels = torch.randn(1, 3, 48, 64)
-    with torch.no_grad():
-        expected = reference(pixels).last_hidden_state
-        auto = DINOv3ViTModel.from_pretrained(tmp_path, device_map="auto")
-        assert auto.hf_device_map == {"": "cpu"}
-        # Two distinct devices (cpu and cpu:0) exercise the hooks that move hidden states between parts.
-        split = DINOv3ViTModel.from_pretrained(tmp_path, device_map={"": "cpu", "blocks.2": "cpu:0", "norm": "cpu:0"})
-        assert sum(len(block._forward_pre_hooks) for block in split.blocks) == 3
-        for model in (auto, split):
-            assert (model(pixels).last_hidden_state - expected).abs().max() <= 1e-5
-    with pytest.raises(ValueError, match="do not fit"):
-        DINOv3ViTModel.from_pretrained(tmp_path, device_map="auto", max_memory={"cpu": "10KB"})
-    with pytest.raises(ValueError, match=r"places no device for \['', 'patch_embed'"):
-        DINOv3ViTModel.from_pretrained(tmp_path, device_map={"blocks": "cpu", "norm": "cpu"})
