@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from ..weights.errors import CheckpointError
+from ..weights.placement import resolve_device, resolve_dtype
 
 DEFAULT_MODEL = "facebook/dinov3-vits16-pretrain-lvd1689m"
 MODEL_ENV = "DINOV3KIT_MODEL"
@@ -39,23 +40,19 @@ def model_source(model: str | os.PathLike | None = None) -> str:
 
 
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
-    """"auto": CUDA when present, else the CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """"auto" (the default here): CUDA, then MPS, then the CPU, as everywhere (`resolve_device`)."""
+    return resolve_device("auto" if device is None else device)
 
 
 def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """"auto": bfloat16 on a GPU, float32 on the CPU; otherwise a dtype or its name (bf16, fp16, fp32)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-             "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
-    if str(dtype) not in names:
-        raise ValueError(f"dtype must be auto, bf16, fp16 or fp32, got {dtype!r}")
-    return names[str(dtype)]
+    """"auto" here is `resolve_dtype`'s "fast": bfloat16 on a GPU, float32 on the CPU; otherwise a dtype
+    or its name (bf16, fp16, fp32)."""
+    if dtype in (None, "auto", "fast"):
+        return resolve_dtype("fast", device=device)
+    try:
+        return resolve_dtype(dtype)
+    except ValueError:
+        raise ValueError(f"dtype must be auto, bf16, fp16 or fp32, got {dtype!r}") from None
 
 
 class ModelUnavailableError(CheckpointError):
