@@ -8,7 +8,9 @@ import pytest
 import torch
 from transformers import DINOv3ViTConfig as HFConfig
 
-from dinov3kit import VIT_VARIANTS, DINOv3ViTConfig, DINOv3ViTModel
+from dinov3kit import VIT_VARIANTS, AutoConfig, CheckpointError, DINOv3ConvNextConfig, DINOv3ViTConfig, DINOv3ViTModel
+from dinov3kit.configs import HIDDEN_ACTS, ConfigError
+from dinov3kit.models.layers import ACTIVATIONS
 from dinov3kit.weights.keymap import translate
 from dinov3kit.weights.loading import LAYOUTS
 from oracles.meta_twin import LAYOUTS as META_LAYOUTS
@@ -96,3 +98,95 @@ def test_from_preset_accepts_meta_names_and_rejects_unknown():
     assert DINOv3ViTConfig.from_preset("vit7b16").query_bias is False
     with pytest.raises(ValueError, match="unknown"):
         DINOv3ViTConfig.from_preset("vit_giant")
+
+
+# --- validation -----------------------------------------------------------------------------------
+HOSTILE_VIT = [
+    ("num_attention_heads", 0, r"num_attention_heads=0 is out of range; allowed: 1 <= num_attention_heads <= 1024"),
+    ("num_register_tokens", -1, r"num_register_tokens=-1 is out of range; allowed: 0 <="),
+    ("num_hidden_layers", 10**9, r"num_hidden_layers=1000000000 is out of range; allowed: 1 <= num_hidden_layers <= 1024"),
+    ("patch_size", 0, r"patch_size=0 is out of range"),
+    ("hidden_size", "384", r"hidden_size='384': expected a number"),
+    ("hidden_size", 384.0, r"hidden_size=384.0: expected an integer"),
+    ("layer_norm_eps", float("nan"), r"layer_norm_eps=nan: expected a finite number"),
+    ("layer_norm_eps", 0.0, r"layer_norm_eps=0.0 is out of range; allowed: 0 < layer_norm_eps"),
+    ("rope_theta", float("inf"), r"rope_theta=inf: expected a finite number"),
+    ("drop_path_rate", 1.0, r"drop_path_rate=1.0 is out of range"),
+    ("query_bias", 1, r"query_bias=1: expected true or false"),
+    ("hidden_act", "tanh", r"hidden_act='tanh': expected one of"),
+    ("num_channels", None, r"num_channels=None: a value is required"),
+    ("pos_embed_rescale", 0.5, r"pos_embed_rescale=0.5 is out of range"),
+    ("out_indices", "12", r"out_indices='12': expected a list of integers"),
+    ("intermediate_size", -5, r"intermediate_size=-5 is out of range"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), HOSTILE_VIT, ids=[f"{n}={v!r}" for n, v, _ in HOSTILE_VIT])
+def test_every_vit_field_is_validated_with_its_name_value_and_range(name, value, message):
+    with pytest.raises(ConfigError, match=message):
+        DINOv3ViTConfig(**{name: value})
+
+
+def test_width_and_heads_and_model_size_are_checked_together():
+    with pytest.raises(ConfigError, match=r"hidden_size=100 is not divisible by num_attention_heads=3"):
+        DINOv3ViTConfig(hidden_size=100, num_attention_heads=3)
+    with pytest.raises(ConfigError, match=r"head dimension of 6; RoPE needs a multiple of 4"):
+        DINOv3ViTConfig(hidden_size=12, num_attention_heads=2)
+    with pytest.raises(ConfigError, match=r"about 3\.22e\+12 parameters, over the 5e\+10 cap"):
+        DINOv3ViTConfig(hidden_size=16384, intermediate_size=65536, num_hidden_layers=1000, num_attention_heads=128)
+    largest = DINOv3ViTConfig.from_preset("vit7b16")
+    assert 6.5e9 < largest.parameter_estimate() < 7e9  # ViT-7B is well inside the cap
+    assert abs(DINOv3ViTConfig.from_preset("vits16").parameter_estimate() - 21.6e6) < 0.5e6
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (dict(depths=[3, 3, -1, 3]), r"depths\[2\]=-1 is out of range"),
+        (dict(depths=[3, 3, 3]), r"depths=\[3, 3, 3\] and hidden_sizes=\[96, 192, 384, 768\] must name the same"),
+        (dict(hidden_sizes="wide"), r"hidden_sizes='wide': expected a list of 1 to 8 integers"),
+        (dict(hidden_sizes=[96, 192, 0, 768]), r"hidden_sizes\[2\]=0 is out of range"),
+        (dict(depths=[10**9] * 4), r"depths\[0\]=1000000000 is out of range"),
+        (dict(layer_norm_eps=-1.0), r"layer_norm_eps=-1.0 is out of range"),
+        (dict(image_size=[224, 0]), r"image_size=0 is out of range"),
+        (dict(hidden_sizes=[60000] * 4, depths=[1000] * 4), r"parameters, over the 5e\+10 cap"),
+    ],
+)
+def test_every_convnext_field_is_validated(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        DINOv3ConvNextConfig(**fields)
+
+
+def test_activation_names_are_the_ones_the_models_implement():
+    assert set(HIDDEN_ACTS) == set(ACTIVATIONS)
+
+
+def test_hostile_config_json_is_refused_before_anything_is_allocated(tmp_path):
+    """A config.json with a billion layers fails at once with a message naming the file and the field
+    (the model is never built: this would otherwise take all the machine's memory)."""
+    DINOv3ViTConfig(hidden_size=64, num_attention_heads=2).save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**data, "num_hidden_layers": 10**9}))
+    with pytest.raises(CheckpointError, match=r"config\.json: invalid config .*num_hidden_layers=1000000000"):
+        AutoConfig.from_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match=r"num_hidden_layers=1000000000 is out of range"):
+        DINOv3ViTModel.from_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match=r"overrides .*num_attention_heads=0 is out of range"):
+        AutoConfig.from_pretrained(tmp_path / "config.json", num_hidden_layers=2, num_attention_heads=0)
+    assert AutoConfig.from_pretrained(tmp_path, num_hidden_layers=12).num_hidden_layers == 12  # an override may fix it
+
+
+def test_meta_checkpoint_with_an_impossible_architecture_names_the_file(tmp_path):
+    state = {
+        "cls_token": torch.zeros(1, 1, 64),
+        "patch_embed.proj.weight": torch.zeros(64, 3, 0, 0),
+        "blocks.0.attn.qkv.weight": torch.zeros(192, 64),
+        "blocks.0.mlp.fc1.weight": torch.zeros(128, 64),
+        "rope_embed.periods": torch.ones(4),
+    }
+    torch.save(state, tmp_path / "broken.pth")
+    with pytest.raises(CheckpointError, match=r"broken\.pth: the architecture read from its tensors is invalid: .*patch_size=0"):
+        AutoConfig.from_pretrained(tmp_path / "broken.pth")
+    torch.save({**state, "rope_embed.periods": torch.ones(0)}, tmp_path / "no_periods.pth")
+    with pytest.raises(CheckpointError, match=r"no_periods\.pth: inconsistent shapes"):
+        AutoConfig.from_pretrained(tmp_path / "no_periods.pth")

@@ -68,14 +68,7 @@ class AutoConfig:
         """Read (or, for a Meta checkpoint, infer from the tensors) the config of `source`; keyword
         arguments that are not hub options (revision, token, cache_dir, local_files_only) override fields."""
         hub_kwargs, overrides = _split_hub_kwargs(kwargs)
-        source = source_of(source, **hub_kwargs)
-        config = read_config(source)
-        if not overrides:
-            return config.copy()
-        try:
-            return config.copy(**overrides)
-        except (TypeError, ValueError) as error:
-            raise CheckpointError(f"{source.name}: invalid config overrides {overrides} ({error})") from error
+        return read_config(source_of(source, **hub_kwargs), overrides=overrides)
 
     @classmethod
     def for_model(cls, model_type: str, **kwargs: Any):

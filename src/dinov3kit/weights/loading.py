@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..configs import CONFIG_CLASSES, ConfigError, DINOv3ViTConfig
+from ..configs import CONFIG_CLASSES, DINOv3ViTConfig
 from ..errors import CheckpointError
 from ..fileio import atomic_write, refuse_overwriting_sources
 from ..models.rope import rope_periods
@@ -104,9 +104,10 @@ def model_type_of(source: Source) -> str:
     )
 
 
-def read_config(source: Source, config_class: type | None = None) -> Any:
+def read_config(source: Source, config_class: type | None = None, overrides: dict[str, Any] | None = None) -> Any:
     """The config stored beside the weights (transformers layout) or inferred from them (Meta layout),
-    read once per source; `config_class` (when given) must match the checkpoint's model type."""
+    with `overrides` applied to its fields; read once per source (the caller gets its own copy).
+    `config_class` (when given) must match the checkpoint's model type."""
     model_type = model_type_of(source)
     if config_class is not None and model_type != config_class.model_type:
         where = source.config_file if source.layout == "hf" else source.name
@@ -115,16 +116,21 @@ def read_config(source: Source, config_class: type | None = None) -> Any:
         raise CheckpointError(
             f"{source.name}: model_type {model_type!r} is not a DINOv3 model; dinov3kit supports {sorted(CONFIG_CLASSES)}"
         )
-
-    def read() -> Any:
-        if source.layout == "meta":
-            return LAYOUTS[model_type, "meta"].infer_config(open_source(source), Path(source.name).name)
-        try:
-            return CONFIG_CLASSES[model_type].from_dict(source.config_data())
-        except (TypeError, ValueError) as error:
-            raise CheckpointError(f"{source.config_file}: invalid config ({error})") from error
-
-    return source.remember("config", read)
+    where = source.config_file if source.layout == "hf" else source.name
+    try:
+        if source.layout == "hf":  # overrides replace stored values before they are validated
+            data = source.config_data()
+            if overrides and {"out_indices", "out_features"} & set(overrides):  # a new stage selection
+                data = {key: value for key, value in data.items() if key not in ("out_indices", "out_features")}
+            return CONFIG_CLASSES[model_type].from_dict(data, **(overrides or {}))
+        inferred = source.remember(
+            "config", lambda: LAYOUTS[model_type, "meta"].infer_config(open_source(source), Path(source.name).name)
+        )
+        return inferred.copy(**(overrides or {}))
+    except (TypeError, ValueError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"{where}: invalid config{' or overrides ' + str(overrides) if overrides else ''} ({error})") from error
 
 
 def load_model(
@@ -142,13 +148,11 @@ def load_model(
 ):
     """Build `model_class` with the weights of `source` (see `PreTrainedModel.from_pretrained`)."""
     source = resolve_source(source, hub)
-    config = config if config is not None else read_config(source, model_class.config_class)
+    if config is None:
+        config = read_config(source, model_class.config_class, config_overrides)
+    elif config_overrides:
+        config = config.copy(**config_overrides)
     layout = LAYOUTS[config.model_type, source.layout]
-    if config_overrides:
-        try:
-            config = config.copy(**config_overrides)
-        except ConfigError as error:
-            raise CheckpointError(f"{source.name}: the config overrides {config_overrides} are invalid: {error}") from error
     tensors = open_source(source)
     original = {layout.canonical_key(key): key for key in tensors.keys()}
     read = layout.loader(tensors)
