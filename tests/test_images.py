@@ -214,3 +214,92 @@ def test_rgbx_view_shares_pillows_memory_and_outlives_the_image():
     gc.collect()
     assert np.array_equal(view[..., :3], pixels)  # the export keeps the memory alive
     assert rgbx_view(Image.new("L", (4, 4))) is None and rgbx_view(Image.new("RGBA", (4, 4))) is None
+
+
+# --- bounded reads (hostile files) ------------------------------------------------------------------
+def _within(seconds: float, call):
+    """`call()` in a daemon thread; fails the test instead of hanging when it takes longer."""
+    import threading
+
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive() or not result:
+        pytest.fail(f"did not return within {seconds} s")
+    return result[0]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no named pipes on this system")
+def test_named_pipes_and_devices_are_refused_at_once(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    error = _within(5, lambda: pytest.raises(ImageLoadError, load_image, fifo))
+    assert "not a regular file (a named pipe)" in str(error.value)
+    zero = tmp_path / "x.jpg"
+    zero.symlink_to("/dev/zero")
+    error = _within(5, lambda: pytest.raises(ImageLoadError, load_image, zero))
+    assert "x.jpg" in str(error.value) and "a character device" in str(error.value)
+    assert_load_error(tmp_path, "is a folder")
+
+
+def test_bytes_read_per_input_are_bounded(coffee, tmp_path):
+    data = encode(coffee, "PNG")
+    path = tmp_path / "coffee.png"
+    path.write_bytes(data)
+    link = tmp_path / "link.png"
+    link.symlink_to(path)  # symlinks to regular files are read
+    assert pixels(load_image(link)).shape == (*coffee.size[::-1], 3)
+    with pytest.raises(ImageLoadError, match=rf"{len(data)} bytes, over the {len(data) - 1}-byte limit \(max_bytes\)"):
+        load_image(path, max_bytes=len(data) - 1)
+    with pytest.raises(ImageLoadError, match=r"more than 100 bytes \(max_bytes\)"):
+        load_image(io.BytesIO(data), max_bytes=100)
+    assert pixels(load_image(path, max_bytes=len(data))).shape == (*coffee.size[::-1], 3)
+    from dinov3kit.pixels import DEFAULT_MAX_BYTES
+
+    assert DEFAULT_MAX_BYTES == 256 * 2**20
+
+
+# --- Pillow's private routes and their fallbacks ----------------------------------------------------
+def test_raw_pixels_and_its_fallback_give_the_same_pixels(coffee, monkeypatch):
+    from dinov3kit.pixels import pillow
+
+    for image in (coffee, coffee.convert("L"), coffee.convert("CMYK")):
+        assert np.array_equal(pillow.raw_pixels(image), np.asarray(image))
+
+    def missing(mode):
+        raise AttributeError("module 'PIL.Image' has no attribute '_getencoder'")
+
+    monkeypatch.setattr(pillow, "_raw_encoder", missing)  # a Pillow without the private encoder API
+    for image in (coffee, coffee.convert("L")):
+        assert np.array_equal(pillow.raw_pixels(image), np.asarray(image))
+
+
+def test_processor_pixels_are_the_same_without_the_memory_view(coffee, monkeypatch):
+    from dinov3kit.pixels import tensors
+    from dinov3kit.processing import DINOv3ViTImageProcessor
+
+    processor = DINOv3ViTImageProcessor()
+    viewed = tensors.pil_to_tensor(coffee, None)
+    expected = processor(coffee, return_tensors="pt")["pixel_values"]
+    monkeypatch.setattr(tensors, "rgbx_view", lambda image: None)  # Pillow < 11.2: the copying route
+    copied = tensors.pil_to_tensor(coffee, None)
+    assert torch.equal(viewed, copied) and torch.equal(copied, torch.from_numpy(np.asarray(coffee)).permute(2, 0, 1))
+    assert torch.equal(processor(coffee, return_tensors="pt")["pixel_values"], expected)
+
+
+def test_one_rule_for_arrays_in_load_image_and_the_processor():
+    """16-bit values, gray + alpha and RGBA go through the same conversions in both paths."""
+    from dinov3kit.processing import DINOv3ViTImageProcessor
+
+    rng = np.random.default_rng(0)
+    rgba16 = (rng.random((20, 30, 4)) * 65535).astype(np.uint16)
+    plain = DINOv3ViTImageProcessor(do_resize=False, do_rescale=False, do_normalize=False)
+    processed = plain(rgba16, return_tensors="pt")["pixel_values"][0]  # float in [0, 255]
+    loaded = torch.from_numpy(pixels(load_image(rgba16))).permute(2, 0, 1).float()
+    assert (processed - loaded).abs().max() <= 2.0  # the picture quantises to 8 bits before compositing
+    gray_alpha = (rng.random((2, 12, 10)) * 255).astype(np.uint8)
+    as_rgba = gray_alpha[[0, 0, 0, 1]]
+    assert np.array_equal(pixels(load_image(gray_alpha)), pixels(load_image(as_rgba)))

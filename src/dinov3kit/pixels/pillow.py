@@ -16,6 +16,11 @@ import numpy as np
 from PIL import Image
 
 
+def _raw_encoder(mode: str) -> Any:
+    """Pillow's raw encoder for `mode` (a private API: raises where a Pillow lacks it)."""
+    return Image._getencoder(mode, "raw", mode)
+
+
 def raw_pixels(image: Image.Image) -> np.ndarray:
     """`np.asarray(image)` with one copy instead of two for RGB and L images: Pillow's `tobytes` packs
     64 KB chunks and joins them; one call of its raw encoder packs everything into one buffer (a third
@@ -25,7 +30,7 @@ def raw_pixels(image: Image.Image) -> np.ndarray:
         return np.asarray(image)
     try:
         image.load()
-        encoder = Image._getencoder(image.mode, "raw", image.mode)
+        encoder = _raw_encoder(image.mode)
         encoder.setimage(image.im, (0, 0, *image.size))
         size = image.width * image.height * channels
         _, status, data = encoder.encode(size + 1)
