@@ -129,3 +129,18 @@ def test_arguments_are_checked(checkpoint):
         pipe(photo("coffee"), pooling=True)
     with pytest.raises(ValueError, match="batch_size"):
         pipe([photo("coffee")], batch_size=0)
+
+
+def test_a_meta_checkpoint_is_opened_once(tmp_path, monkeypatch):
+    """The source is resolved once: model, config and processor read the same opened file."""
+    from dinov3kit.weights import files, save_meta_checkpoint
+
+    model = DINOv3ViTModel(dinov3kit.DINOv3ViTConfig(hidden_size=64, num_attention_heads=2, num_hidden_layers=2))
+    save_meta_checkpoint(model, tmp_path / "dinov3_vits16_pretrain_sat493m.pth")
+    opened = []
+    original = files.open_torch_pickle
+    monkeypatch.setattr(files, "open_torch_pickle", lambda path: opened.append(path) or original(path))
+    pipe = dinov3kit.pipeline(model=tmp_path / "dinov3_vits16_pretrain_sat493m.pth")
+    assert len(opened) == 1
+    assert pipe.image_processor.image_mean == dinov3kit.variants.SAT493M_MEAN  # the dataset named by the file
+    assert pipe(np.zeros((32, 32, 3), np.uint8), return_tensors=True).shape == (1, 1 + 14 * 14, 64)

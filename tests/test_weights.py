@@ -3,6 +3,7 @@ Meta `.pth` files (against timm's converter), round trips, dtypes and clear erro
 
 import json
 import shutil
+from pathlib import Path
 
 import huggingface_hub
 import pytest
@@ -11,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from transformers import DINOv3ViTModel as HFModel
 
 from dinov3kit import CheckpointError, DINOv3ViTBackbone, DINOv3ViTConfig, DINOv3ViTModel
+from dinov3kit.fileio import SameFileError
 from dinov3kit.models.rope import rope_periods
 from dinov3kit.weights import save_meta_checkpoint
 from dinov3kit.weights.files import TensorFile
@@ -348,3 +350,76 @@ def test_config_of_another_model_type(tmp_path, hf_folder):
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "vit"}))
     with pytest.raises(CheckpointError, match="model_type"):
         DINOv3ViTModel.from_pretrained(folder)
+
+
+def test_local_checkpoint_errors_give_no_hub_advice(tmp_path):
+    """The "gated, request access" advice is for hub ids; a local file's error says what is wrong with it."""
+    (tmp_path / "weights.pth").write_bytes(b"not a checkpoint")
+    for source in (tmp_path / "weights.pth", tmp_path / "absent.pth", tmp_path):
+        with pytest.raises(CheckpointError) as error:
+            DINOv3ViTModel.from_pretrained(source)
+        assert "gated" not in str(error.value) and "huggingface.co" not in str(error.value)
+
+
+# --- writing: atomic, never over the source -------------------------------------------------------
+
+
+def test_saving_over_the_loaded_checkpoint_is_refused(hf_folder, tmp_path):
+    import os
+
+    model = DINOv3ViTModel(DINOv3ViTConfig(**{**GATED, "hidden_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2}))
+    save_meta_checkpoint(randomize_(model, seed=1), tmp_path / "m.pth")
+    original = (tmp_path / "m.pth").read_bytes()
+    loaded = DINOv3ViTModel.from_pretrained(tmp_path / "m.pth")
+    (tmp_path / "link.pth").symlink_to(tmp_path / "m.pth")
+    os.link(tmp_path / "m.pth", tmp_path / "hard.pth")
+    for same in ("m.pth", "link.pth", "hard.pth"):
+        with pytest.raises(SameFileError, match=r"refusing to write over the input"):
+            save_meta_checkpoint(loaded, tmp_path / same)
+    assert (tmp_path / "m.pth").read_bytes() == original  # nothing was written
+    save_meta_checkpoint(loaded, tmp_path / "copy.pth")  # elsewhere is fine
+    assert torch.equal(DINOv3ViTModel.from_pretrained(tmp_path / "copy.pth").cls_token, loaded.cls_token)
+
+    _, folder = hf_folder
+    copy = tmp_path / "hf"
+    shutil.copytree(folder, copy)
+    from_folder = DINOv3ViTModel.from_pretrained(copy)
+    before = (copy / "model.safetensors").read_bytes()
+    with pytest.raises(SameFileError, match=r"model\.safetensors"):
+        from_folder.save_pretrained(copy)
+    assert (copy / "model.safetensors").read_bytes() == before
+
+
+def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
+    model = randomize_(DINOv3ViTModel(DINOv3ViTConfig(hidden_size=64, num_attention_heads=2, num_hidden_layers=2)), seed=2)
+    save_meta_checkpoint(model, tmp_path / "m.pth")
+    model.save_pretrained(tmp_path / "hf")
+    before = {path.name: path.read_bytes() for path in [tmp_path / "m.pth", *(tmp_path / "hf").iterdir()]}
+
+    def crash(obj, destination, *args, **kwargs):
+        Path(destination).write_bytes(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="No space left"):
+        save_meta_checkpoint(model, tmp_path / "m.pth")
+    import safetensors.torch
+
+    monkeypatch.setattr(safetensors.torch, "save_file", lambda tensors, destination, **kw: crash(tensors, destination))
+    with pytest.raises(OSError, match="No space left"):
+        model.save_pretrained(tmp_path / "hf")
+    after = {path.name: path.read_bytes() for path in [tmp_path / "m.pth", *(tmp_path / "hf").iterdir()]}
+    assert after == before  # no half file, no temporary left behind
+
+
+def test_saving_a_sharded_folder_over_a_single_file_one_removes_the_stale_files(hf_folder, tmp_path):
+    reference, _ = hf_folder
+    model = DINOv3ViTModel.from_pretrained(hf_folder[1])
+    model.save_pretrained(tmp_path / "out")
+    model.save_pretrained(tmp_path / "out", max_shard_size="40KB")
+    names = sorted(path.name for path in (tmp_path / "out").iterdir())
+    assert "model.safetensors" not in names and "model.safetensors.index.json" in names
+    model.save_pretrained(tmp_path / "out")
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["config.json", "model.safetensors"]
+    pixels = torch.randn(1, 3, 32, 32)
+    assert max_diff(outputs(DINOv3ViTModel.from_pretrained(tmp_path / "out"), pixels), outputs(reference, pixels)) <= ATOL
