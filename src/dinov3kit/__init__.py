@@ -8,7 +8,7 @@ from .models.convnext import DINOv3ConvNextBackbone, DINOv3ConvNextModel, DINOv3
 from .models.outputs import BackboneOutput, BaseModelOutputWithPooling, ModelOutput
 from .models.vit import DINOv3ViTBackbone, DINOv3ViTModel, DINOv3ViTPreTrainedModel
 from .variants import CONVNEXT_VARIANTS, VIT_VARIANTS
-from .weights.errors import CheckpointError
+from .errors import CheckpointError
 from .auto import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel
 from .pipeline import pipeline
 from .export import export_onnx

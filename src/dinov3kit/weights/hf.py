@@ -5,36 +5,32 @@ from __future__ import annotations
 import re
 
 from ..configs import DINOv3ConvNextConfig, DINOv3ViTConfig
-from .keymap import KeyRule, rule
+from .keymap import KeyRule, rule, weight_and_bias
 
 #: Prefixes that transformers 5.x uses when it loads (`model.layer.N.`, `model.stages.N.`), folded to the
 #: saved form.
 KEY_ALIASES = ((re.compile(r"^model\.layer\."), "layer."), (re.compile(r"^model\.stages\."), "stages."))
 
 
-def _weight_and_bias(ours: str, theirs: str) -> list[KeyRule]:
-    return [rule(f"{ours}.{p}", f"{theirs}.{p}") for p in ("weight", "bias")]
-
-
 VIT_RULES: list[KeyRule] = [
     rule("cls_token", "embeddings.cls_token"),
     rule("mask_token", "embeddings.mask_token"),
     rule("register_tokens", "embeddings.register_tokens"),
-    *_weight_and_bias("patch_embed.proj", "embeddings.patch_embeddings"),
-    *_weight_and_bias("blocks.{n}.norm1", "layer.{n}.norm1"),
+    *weight_and_bias("patch_embed.proj", "embeddings.patch_embeddings"),
+    *weight_and_bias("blocks.{n}.norm1", "layer.{n}.norm1"),
     rule(
         "blocks.{n}.attn.qkv.weight",
         tuple(f"layer.{{n}}.attention.{p}_proj.weight" for p in "qkv"),
     ),
     *(rule(f"blocks.{{n}}.attn.{p}_bias", f"layer.{{n}}.attention.{p}_proj.bias") for p in "qkv"),
-    *_weight_and_bias("blocks.{n}.attn.proj", "layer.{n}.attention.o_proj"),
+    *weight_and_bias("blocks.{n}.attn.proj", "layer.{n}.attention.o_proj"),
     rule("blocks.{n}.ls1.gamma", "layer.{n}.layer_scale1.lambda1"),
-    *_weight_and_bias("blocks.{n}.norm2", "layer.{n}.norm2"),
-    *_weight_and_bias("blocks.{n}.mlp.fc2", "layer.{n}.mlp.down_proj"),
+    *weight_and_bias("blocks.{n}.norm2", "layer.{n}.norm2"),
+    *weight_and_bias("blocks.{n}.mlp.fc2", "layer.{n}.mlp.down_proj"),
     rule("blocks.{n}.ls2.gamma", "layer.{n}.layer_scale2.lambda1"),
-    *_weight_and_bias("norm", "norm"),
+    *weight_and_bias("norm", "norm"),
 ]
-PLAIN_MLP_RULES = _weight_and_bias("blocks.{n}.mlp.fc1", "layer.{n}.mlp.up_proj")
+PLAIN_MLP_RULES = weight_and_bias("blocks.{n}.mlp.fc1", "layer.{n}.mlp.up_proj")
 GATED_MLP_RULES = [
     rule(f"blocks.{{n}}.mlp.fc1.{p}", (f"layer.{{n}}.mlp.gate_proj.{p}", f"layer.{{n}}.mlp.up_proj.{p}"))
     for p in ("weight", "bias")
@@ -61,14 +57,14 @@ _CONVNEXT_BLOCK_NAMES = {
     "pwconv2": "pointwise_conv2",
 }
 CONVNEXT_RULES: list[KeyRule] = [
-    *_weight_and_bias("stages.{i}.downsample.{k}", "stages.{i}.downsample_layers.{k}"),
+    *weight_and_bias("stages.{i}.downsample.{k}", "stages.{i}.downsample_layers.{k}"),
     *(
         r
         for ours, theirs in _CONVNEXT_BLOCK_NAMES.items()
-        for r in _weight_and_bias(f"stages.{{i}}.blocks.{{j}}.{ours}", f"stages.{{i}}.layers.{{j}}.{theirs}")
+        for r in weight_and_bias(f"stages.{{i}}.blocks.{{j}}.{ours}", f"stages.{{i}}.layers.{{j}}.{theirs}")
     ),
     rule("stages.{i}.blocks.{j}.gamma", "stages.{i}.layers.{j}.gamma"),
-    *_weight_and_bias("norm", "layer_norm"),
+    *weight_and_bias("norm", "layer_norm"),
 ]
 #: A backbone has no final norm: a model checkpoint's norm is left unused.
 CONVNEXT_IGNORED = [re.compile(r"layer_norm\.(weight|bias)")]

@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -29,6 +29,11 @@ def rule(ours: str | tuple[str, ...], theirs: str | tuple[str, ...]) -> KeyRule:
     """Shorthand: `rule("blocks.{n}.norm1.weight", "layer.{n}.norm1.weight")`."""
     as_tuple = lambda keys: (keys,) if isinstance(keys, str) else tuple(keys)  # noqa: E731
     return KeyRule(as_tuple(ours), as_tuple(theirs))
+
+
+def weight_and_bias(ours: str, theirs: str) -> list[KeyRule]:
+    """The two rules renaming a layer's `weight` and `bias`."""
+    return [rule(f"{ours}.{p}", f"{theirs}.{p}") for p in ("weight", "bias")]
 
 
 def _pattern_regex(pattern: str) -> re.Pattern:

@@ -11,17 +11,13 @@ import torch
 
 from ..configs import ConfigError, DINOv3ConvNextConfig, DINOv3ViTConfig
 from ..variants import dataset_in_name, find_convnext_variant, find_vit_variant
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .files import TensorFile
-from .keymap import KeyRule, rule
+from .keymap import KeyRule, rule, weight_and_bias
 
 
 def _same(*keys: str) -> list[KeyRule]:
     return [rule(k, k) for k in keys]
-
-
-def _weight_and_bias(ours: str, theirs: str) -> list[KeyRule]:
-    return [rule(f"{ours}.{p}", f"{theirs}.{p}") for p in ("weight", "bias")]
 
 
 VIT_RULES: list[KeyRule] = [
@@ -39,12 +35,12 @@ VIT_RULES: list[KeyRule] = [
     # The stored bias is multiplied by `bias_mask` when read (see `masked_loader`).
     rule(tuple(f"blocks.{{n}}.attn.{p}_bias" for p in "qkv"), "blocks.{n}.attn.qkv.bias"),
 ]
-PLAIN_MLP_RULES = _weight_and_bias("blocks.{n}.mlp.fc1", "blocks.{n}.mlp.fc1") + _weight_and_bias(
+PLAIN_MLP_RULES = weight_and_bias("blocks.{n}.mlp.fc1", "blocks.{n}.mlp.fc1") + weight_and_bias(
     "blocks.{n}.mlp.fc2", "blocks.{n}.mlp.fc2"
 )
 GATED_MLP_RULES = [
     *(rule(f"blocks.{{n}}.mlp.fc1.{p}", (f"blocks.{{n}}.mlp.w1.{p}", f"blocks.{{n}}.mlp.w2.{p}")) for p in ("weight", "bias")),
-    *_weight_and_bias("blocks.{n}.mlp.fc2", "blocks.{n}.mlp.w3"),
+    *weight_and_bias("blocks.{n}.mlp.fc2", "blocks.{n}.mlp.w3"),
 ]
 #: Tensors of Meta checkpoints that inference does not use.
 IGNORED = [
@@ -155,14 +151,14 @@ def finish_vit_checkpoint(state: dict[str, torch.Tensor], config: DINOv3ViTConfi
 
 
 CONVNEXT_RULES: list[KeyRule] = [
-    *_weight_and_bias("stages.{i}.downsample.{k}", "downsample_layers.{i}.{k}"),
+    *weight_and_bias("stages.{i}.downsample.{k}", "downsample_layers.{i}.{k}"),
     *(
         r
         for name in ("dwconv", "norm", "pwconv1", "pwconv2")
-        for r in _weight_and_bias(f"stages.{{i}}.blocks.{{j}}.{name}", f"stages.{{i}}.{{j}}.{name}")
+        for r in weight_and_bias(f"stages.{{i}}.blocks.{{j}}.{name}", f"stages.{{i}}.{{j}}.{name}")
     ),
     rule("stages.{i}.blocks.{j}.gamma", "stages.{i}.{j}.gamma"),
-    *_weight_and_bias("norm", "norm"),
+    *weight_and_bias("norm", "norm"),
 ]
 CONVNEXT_IGNORED = [
     re.compile(r"norms\.\d+\.(weight|bias)"),  # the final norm once more (Meta registers it twice)
