@@ -10,7 +10,8 @@ Deliberate differences from transformers, all where transformers fails or silent
 - `do_convert_rgb=None` (the default) converts images that are not already RGB (grayscale, palette,
   RGBA, CMYK, 16-bit); transformers leaves them as they are and the model then fails on 4 channels.
   `do_convert_rgb=False` keeps the channels as given.
-- PIL images are turned upright by their EXIF orientation, as `load_image` does.
+- PIL images are turned upright by their EXIF orientation, as `load_image` does; every conversion to RGB
+  (channel axis, alpha on white, 16-bit) follows `rgb.py`, the rules `load_image` uses too.
 - 16-bit inputs are scaled to the 8-bit range (value / 257) instead of being divided by 255.
 - `do_pad` pads (bottom/right, zeros, after normalisation) to `pad_size` or to the largest image of the
   call; `data_format="channels_last"` returns HWC. transformers' DINOv3 processor ignores both.
