@@ -17,6 +17,7 @@ import torch
 
 from .auto import HUB_KEYS, AutoImageProcessor, AutoModel, source_of
 from .pixels import DEFAULT_TIMEOUT
+from .source import Source
 from .weights.placement import resolve_device, resolve_dtype
 
 if TYPE_CHECKING:  # the pixels modules (PIL) load on first use: `import dinov3kit` stays fast
@@ -44,7 +45,8 @@ def pipeline(
     torch_dtype: torch.dtype | str | None = None,
     **model_kwargs: Any,
 ) -> "ImageFeatureExtractionPipeline":
-    """Build the pipeline for `model`: a hub id, a folder, a Meta `.pth` file, or a model instance.
+    """Build the pipeline for `model`: a hub id, a folder, a Meta `.pth` file, a resolved `Source`, or a
+    model instance.
 
     `dtype` / `device` load the weights in that dtype / on that device ("auto" picks the best device);
     `image_processor` defaults to the checkpoint's (`AutoImageProcessor`) or, for a model instance, the
@@ -60,7 +62,7 @@ def pipeline(
     dtype = dtype if dtype is not None else torch_dtype
     if isinstance(device, int):  # transformers' convention: -1 is the CPU, n >= 0 CUDA device n
         device = resolve_device(device)
-    if isinstance(model, (str, os.PathLike)):
+    if isinstance(model, (str, os.PathLike, Source)):
         source = source_of(model, **model_kwargs)  # resolved once: model and processor read the same files
         model = AutoModel.from_pretrained(source, dtype=dtype, device=device, **model_kwargs)
         if image_processor is None:
