@@ -143,7 +143,7 @@ def test_width_and_heads_and_model_size_are_checked_together():
     ("fields", "message"),
     [
         (dict(depths=[3, 3, -1, 3]), r"depths\[2\]=-1 is out of range"),
-        (dict(depths=[3, 3, 3]), r"depths=\[3, 3, 3\] and hidden_sizes=\[96, 192, 384, 768\] must name the same"),
+        (dict(depths=[3, 3, 3]), r"depths=\[3, 3, 3\] and hidden_sizes=\[96, 192, 384, 768\] must name the same, non-zero"),
         (dict(hidden_sizes="wide"), r"hidden_sizes='wide': expected a list of 1 to 8 integers"),
         (dict(hidden_sizes=[96, 192, 0, 768]), r"hidden_sizes\[2\]=0 is out of range"),
         (dict(depths=[10**9] * 4), r"depths\[0\]=1000000000 is out of range"),

@@ -350,8 +350,8 @@ class DINOv3ConvNextConfig(BaseConfig):
                 check_field(f"{name}[{index}]", value, spec)
         if len(self.depths) != len(self.hidden_sizes):
             raise ConfigError(
-                f"config fields depths={self.depths} and hidden_sizes={self.hidden_sizes} must name the same number "
-                "of stages"
+                f"config fields depths={self.depths} and hidden_sizes={self.hidden_sizes} must name the same, non-zero "
+                "number of stages"
             )
         sides = self.image_size if isinstance(self.image_size, (list, tuple)) else [self.image_size]
         for side in sides:
