@@ -110,8 +110,11 @@ def read_config(source: Source, config_class: type | None = None, overrides: dic
     `config_class` (when given) must match the checkpoint's model type."""
     model_type = model_type_of(source)
     if config_class is not None and model_type != config_class.model_type:
-        where = source.config_file if source.layout == "hf" else source.name
-        raise CheckpointError(f"{where}: model_type is {model_type!r}, expected {config_class.model_type!r}")
+        if source.layout == "meta":
+            raise CheckpointError(f"{source.name}: holds a {model_type} model, not {config_class.model_type}")
+        raise CheckpointError(
+            f"{source.config_file}: model_type is {model_type!r}, expected {config_class.model_type!r}"
+        )
     if model_type not in CONFIG_CLASSES:
         raise CheckpointError(
             f"{source.name}: model_type {model_type!r} is not a DINOv3 model; dinov3kit supports {sorted(CONFIG_CLASSES)}"
