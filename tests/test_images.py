@@ -237,7 +237,7 @@ def test_named_pipes_and_devices_are_refused_at_once(tmp_path):
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
     error = _within(5, lambda: pytest.raises(ImageLoadError, load_image, fifo))
-    assert "not a regular file (a named pipe)" in str(error.value)
+    assert "a named pipe" in str(error.value) and "not a regular file" in str(error.value)
     zero = tmp_path / "x.jpg"
     zero.symlink_to("/dev/zero")
     error = _within(5, lambda: pytest.raises(ImageLoadError, load_image, zero))
@@ -252,7 +252,7 @@ def test_bytes_read_per_input_are_bounded(coffee, tmp_path):
     link = tmp_path / "link.png"
     link.symlink_to(path)  # symlinks to regular files are read
     assert pixels(load_image(link)).shape == (*coffee.size[::-1], 3)
-    with pytest.raises(ImageLoadError, match=rf"{len(data)} bytes, over the {len(data) - 1}-byte limit \(max_bytes\)"):
+    with pytest.raises(ImageLoadError, match=rf"coffee.png'?: {len(data)} bytes, over the limit of {len(data) - 1} bytes"):
         load_image(path, max_bytes=len(data) - 1)
     with pytest.raises(ImageLoadError, match=r"more than 100 bytes \(max_bytes\)"):
         load_image(io.BytesIO(data), max_bytes=100)

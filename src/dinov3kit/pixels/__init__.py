@@ -13,7 +13,9 @@ processor.py  `DINOv3ViTImageProcessor`
 This `__init__` holds only the limits every reader shares, so that importing them needs no PIL.
 """
 
+from ..fileio import DEFAULT_MAX_BYTES
+
 #: Seconds to wait for an image URL (transformers waits forever by default).
 DEFAULT_TIMEOUT = 10.0
-#: Bytes read at most from one file, URL or file object (a larger input is refused, not truncated).
-DEFAULT_MAX_BYTES = 256 * 2**20
+
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_TIMEOUT"]

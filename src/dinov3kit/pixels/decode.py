@@ -3,7 +3,8 @@
 Inputs: file paths (`str` or `pathlib.Path`), `bytes`, binary file objects, `data:` URIs and http(s)
 URLs. Reads are bounded: only regular files are read (a FIFO, a device or a symlink to one is refused
 at once instead of hanging or reading forever), and at most `max_bytes` per input. PIL's
-decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`) stays on.
+decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`) stays on. Files are read by
+`fileio.read_regular_file`, the one bounded reader every tool uses.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import base64
 import binascii
 import io
 import os
-import stat
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from . import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT
+from ..fileio import FileRefusedError, default_max_bytes, read_regular_file
+from . import DEFAULT_TIMEOUT
 
 _CHUNK = 1 << 20
 
@@ -60,10 +61,12 @@ def describe(source: Any) -> str:
     return f"<{type(source).__qualname__} object>"
 
 
-def decode(source: Any, *, timeout: float | None = DEFAULT_TIMEOUT, max_bytes: int = DEFAULT_MAX_BYTES) -> Image.Image:
+def decode(source: Any, *, timeout: float | None = DEFAULT_TIMEOUT, max_bytes: int | None = None) -> Image.Image:
     """The fully decoded PIL image (original mode, EXIF orientation not applied) of a path, URL, data
-    URI, bytes or file object. `timeout` (seconds) applies to URLs; `max_bytes` to every input read."""
+    URI, bytes or file object. `timeout` (seconds) applies to URLs; `max_bytes` to every input read
+    (None: `fileio.default_max_bytes()`, 256 MB unless $DINOV3KIT_MAX_BYTES says otherwise)."""
     name = describe(source)
+    max_bytes = default_max_bytes() if max_bytes is None else max_bytes
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     elif isinstance(source, str) and source.startswith(("http://", "https://")):
@@ -118,44 +121,20 @@ def _bomb(name: str, error: Exception) -> ImageLoadError:
     )
 
 
-def read_file(path: Path, name: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
-    """The bytes of a regular file (symlinks to one are followed), at most `max_bytes` of them.
-
-    Anything else is refused before a byte is read: a FIFO would block forever, a device such as
-    /dev/zero would never end. The file is opened without blocking and checked again once open, so a
-    path swapped for a FIFO in between is refused too.
-    """
+def read_file(path: Path, name: str, max_bytes: int | None = None) -> bytes:
+    """The bytes of a regular file (symlinks to one are followed), at most `max_bytes` of them (None:
+    `fileio.default_max_bytes()`); a FIFO, a device or a folder is refused before a byte is read."""
     path = path.expanduser()
     try:
-        kind = os.stat(path).st_mode
-        if stat.S_ISDIR(kind):
+        if path.is_dir():
             raise ImageLoadError(name, "is a folder, not an image file")
-        if not stat.S_ISREG(kind):
-            raise ImageLoadError(name, f"not a regular file ({_file_kind(kind)}); only regular files are read")
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        return read_regular_file(path, max_bytes)
+    except FileRefusedError as error:
+        raise ImageLoadError(name, str(error).removeprefix(f"{path}: ")) from error
     except FileNotFoundError as error:
         raise ImageLoadError(name, "no such file") from error
     except OSError as error:
         raise ImageLoadError(name, f"cannot read the file ({error.strerror or error})") from error
-    with os.fdopen(descriptor, "rb") as handle:
-        opened = os.fstat(handle.fileno())
-        if not stat.S_ISREG(opened.st_mode):
-            raise ImageLoadError(name, f"not a regular file ({_file_kind(opened.st_mode)}); only regular files are read")
-        if opened.st_size > max_bytes:
-            raise ImageLoadError(name, f"{opened.st_size} bytes, over the {max_bytes}-byte limit (max_bytes)")
-        try:
-            data = handle.read(max_bytes + 1)
-        except OSError as error:
-            raise ImageLoadError(name, f"cannot read the file ({error.strerror or error})") from error
-    if len(data) > max_bytes:  # the file grew while being read
-        raise ImageLoadError(name, f"more than {max_bytes} bytes (max_bytes); refused")
-    return data
-
-
-def _file_kind(mode: int) -> str:
-    kinds = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-             (stat.S_ISSOCK, "a socket"))  # fmt: skip
-    return next((label for test, label in kinds if test(mode)), "a special file")
 
 
 def _download(url: str, name: str, timeout: float | None, max_bytes: int) -> bytes:

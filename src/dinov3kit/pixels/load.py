@@ -3,7 +3,7 @@
 Accepted inputs: PIL images, numpy arrays and torch tensors (HW, HWC or CHW; uint8, uint16, other
 integers, bool or float), file paths (`str` or `pathlib.Path`; regular files only), `bytes`, binary file
 objects, `data:` URIs and http(s) URLs (with a timeout). At most `max_bytes` are read per input (256 MB
-by default); PIL's decompression-bomb limit stays on.
+by default, or $DINOV3KIT_MAX_BYTES); PIL's decompression-bomb limit stays on.
 
 Conversions follow `rgb.py` (the processor uses the same rules): EXIF orientation applied;
 transparency composited on white; 16-bit values scaled to 8 bits (value / 257), not clipped; float
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT
+from . import DEFAULT_TIMEOUT
 from .decode import ImageLoadError, checked, decode, describe
 from .rgb import array_to_image, to_rgb, upright
 
@@ -34,11 +34,12 @@ class LoadedImages(list):
 
 
 def load_image(
-    source: Any, *, timeout: float | None = DEFAULT_TIMEOUT, max_bytes: int = DEFAULT_MAX_BYTES
+    source: Any, *, timeout: float | None = DEFAULT_TIMEOUT, max_bytes: int | None = None
 ) -> Image.Image:
     """An upright RGB PIL image from any accepted input (see the module docstring).
 
-    `timeout` (seconds) applies to URLs, `max_bytes` to files, URLs and file objects. Raises
+    `timeout` (seconds) applies to URLs, `max_bytes` to files, URLs and file objects (None: 256 MB, or
+    $DINOV3KIT_MAX_BYTES; see `fileio.default_max_bytes`). Raises
     `ImageLoadError` naming the input when it is missing, not a regular file, too large, empty,
     truncated, corrupt, of an unsupported type, or has no pixels.
     """
@@ -55,7 +56,7 @@ def load_images(
     *,
     skip_errors: bool = False,
     timeout: float | None = DEFAULT_TIMEOUT,
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_bytes: int | None = None,
 ) -> LoadedImages:
     """`load_image` for each input. With `skip_errors`, bad inputs are left out and reported in
     `result.skipped`; otherwise the first bad input raises an `ImageLoadError` that names its position."""
