@@ -40,12 +40,7 @@ MEMORY_LIMIT = 6 * 2**30
 HOSTILE_CONFIG = {"num_attention_heads": 0, "num_register_tokens": -1, "hidden_size": -64, "rope_theta": None,
                   "patch_size": 0, "layer_norm_eps": "tiny", "num_hidden_layers": -2}
 #: Cases that show bugs in modules this test does not own (configs.py validation, issue 14 item 5).
-KNOWN_BUGS: dict[str, str] = {
-    "hostile-num_attention_heads": "configs.py: num_attention_heads 0 -> ZeroDivisionError (integer modulo by zero)",
-    "hostile-num_register_tokens": "configs.py: num_register_tokens -1 -> RuntimeError (negative dimension -1)",
-    "hostile-hidden_size": "configs.py: hidden_size -64 -> RuntimeError (negative dimension -64)",
-    "hostile-rope_theta": "configs.py: rope_theta null -> TypeError (NoneType ** Tensor)",
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 # --- mutations -----------------------------------------------------------------------------------
