@@ -97,8 +97,8 @@ def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.nd
     best_rows = torch.zeros((len(queries), 0), dtype=torch.long)
     for start in range(0, len(vectors), BLOCK_ROWS):
         scores = query @ index[start : start + BLOCK_ROWS].T
-        rows = torch.arange(start, start + scores.shape[1]).expand_as(scores)
-        merged_scores, merged_rows = torch.cat([best_scores, scores], 1), torch.cat([best_rows, rows], 1)
+        scores, rows = scores.topk(min(k, scores.shape[1]), dim=1)  # k candidates per block, then merge
+        merged_scores, merged_rows = torch.cat([best_scores, scores], 1), torch.cat([best_rows, rows + start], 1)
         best_scores, order = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1)
         best_rows = merged_rows.gather(1, order)
     return best_scores.numpy(), best_rows.numpy()
