@@ -97,3 +97,32 @@ def test_preprocess_rejects_bad_inputs() -> None:
         preprocess_on_device([torch.zeros(3, 10, 10)], processor)
     with pytest.raises(ValueError, match="at least one"):
         preprocess_on_device([], processor)
+
+
+def _rotated_jpeg(height: int, width: int, seed: int) -> bytes:
+    """A JPEG whose EXIF orientation (6: rotate 90° clockwise) the decoders must apply."""
+    image = Image.open(io.BytesIO(_jpeg(height, width, seed)))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif.tobytes(), quality=95)
+    return buffer.getvalue()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG and device preprocessing need a CUDA device")
+def test_cuda_decode_and_preprocess() -> None:
+    """On a GPU: nvJPEG pixels close to the CPU loader's (same size and orientation; IDCTs differ by a few
+    levels), bad files per item, and preprocessing on CUDA tensors equal to the CPU processor's ≤ 1e-5."""
+    assert device_decode_available("cuda"), "torchvision with nvJPEG is expected on the GPU machine"
+    datas = [_jpeg(480, 640, 1), _rotated_jpeg(120, 200, 2), b"\xff\xd8\xff broken", _jpeg(40, 30, 3, fmt="PNG")]
+    out = decode_jpegs(datas, "cuda")
+    for index in (0, 1, 3):
+        expected = pil_to_tensor(load_image(datas[index]), None)
+        assert out[index].is_cuda and out[index].shape == expected.shape
+        assert (out[index].cpu().float() - expected.float()).abs().mean().item() < 2.0
+    assert isinstance(out[2], Exception)
+    processor = DINOv3ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=MEAN, image_std=STD)
+    cpu_images = [pil_to_tensor(load_image(d), None) for d in datas[:2]]
+    got = preprocess_on_device([image.cuda() for image in cpu_images], processor)
+    assert got.is_cuda
+    assert (got.cpu() - _cpu_pixels(processor, datas[:2])).abs().max().item() <= 1e-5

@@ -9,6 +9,7 @@ options.py  the processor's options, defaults and validation
 tensors.py  processor inputs → [C, H, W] tensors (transformers' channel and RGB rules)
 ops.py      crop, fused rescale + normalize, padding, batching
 processor.py  `DINOv3ViTImageProcessor`
+device.py   JPEG batches decoded (nvJPEG) and preprocessed on the GPU, with the processor's arithmetic
 
 This `__init__` holds only the limits every reader shares, so that importing them needs no PIL.
 """
