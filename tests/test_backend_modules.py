@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dinov3kit.backend.modules import FastConv2d, FastLinear, linear_then_activation, unobserved
+from dinov3kit.backend.modules import FastConv2d, FastLinear, linear_plus_bias, linear_then_activation, unobserved
 
 
 @pytest.mark.parametrize("mode", ["inference", "autograd"])
@@ -48,3 +48,24 @@ def test_a_hooked_linear_sees_its_own_output_not_the_fused_activation():
         out = linear_then_activation(linear, act, x)
     expected = torch.nn.functional.linear(x, linear.weight, linear.bias)
     assert (seen[0] - expected).abs().max() <= 1e-6 and (out - act(expected)).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_bias_added_to_a_product_is_the_callers_to_modify(dtype):
+    torch.manual_seed(0)
+    linear, bias, x = FastLinear(16, 24, bias=False).to(dtype), torch.randn(24).to(dtype), torch.randn(3, 16).to(dtype)
+    expected = torch.nn.functional.linear(x.double(), linear.weight.double(), bias.double())
+    tolerance = 1e-5 if dtype == torch.float32 else 0.02 * expected.abs().max().item()
+    with torch.inference_mode():
+        fused = linear_plus_bias(linear, bias, x)  # the bias inside the product
+        assert (fused.double() - expected).abs().max() <= tolerance
+        seen = []
+        linear.register_forward_hook(lambda module, args, output: seen.append(output))
+        observed = linear_plus_bias(linear, bias, x)
+        kept = seen[0].clone()
+        observed.mul_(0)  # the caller rotates its buffer in place; what the hook kept stays as it was
+        assert torch.equal(seen[0], kept)
+        assert (kept.double() - (expected - bias.double())).abs().max() <= tolerance
+        unbiased = linear_plus_bias(linear, None, x)
+        unbiased.mul_(0)
+        assert torch.equal(seen[-1], kept)

@@ -188,3 +188,19 @@ def test_the_owner_reports_and_releases_what_it_keeps():
 
     backend.release()
     assert len(packed_weights) == 0 and packed_weights.kept_bytes() == 0
+
+
+@pytest.mark.skipif(
+    not (packing.available(torch.bfloat16) and cpu.has_half_matmul_units()), reason="needs oneDNN bf16 on bf16 units"
+)
+def test_small_bf16_products_use_a_onednn_pack_with_the_same_sums():
+    layer = torch.nn.Linear(32, 48).bfloat16()
+    x = torch.randn(2, 5, 32).bfloat16()
+    with torch.inference_mode():
+        unpacked = torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
+        packed = cpu.linear(x, layer.weight, layer.bias)
+        assert packed_weights.row_counts(layer.weight) == [10]
+        assert torch.equal(packed, unpacked)
+        many = torch.randn(packing.MAX_ROWS + 1, 32).bfloat16()
+        cpu.linear(many, layer.weight, layer.bias)  # too many rows to pack for
+    assert packed_weights.row_counts(layer.weight) == [10]

@@ -41,6 +41,18 @@ def test_rope_tables_are_cached_per_grid_in_eval_mode(monkeypatch):
     assert model.rope_tables((4, 3))[0] is model.rope_tables((4, 3))[0]
 
 
+def test_rope_tables_are_cached_per_dtype_and_half_cpu_inference_uses_its_own():
+    model = tiny_model().to(torch.bfloat16)
+    tables = model.rope_tables((3, 3), torch.bfloat16)
+    assert tables[0].dtype == torch.bfloat16 and model.rope_tables((3, 3), torch.bfloat16)[0] is tables[0]
+    assert torch.equal(tables[1], rope_cos_sin(3, 3, model.rope_periods)[1].bfloat16())  # fp32, rounded once
+    assert model.rope_tables((3, 3))[0].dtype == torch.float32
+    x = torch.randn(2, 3, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        assert cpu.rope_dtype(x) == torch.bfloat16 and cpu.rope_dtype(x.float()) == torch.float32
+    assert cpu.rope_dtype(x.requires_grad_()) == torch.float32  # training keeps fp32 positions
+
+
 def test_rope_cache_follows_the_periods_buffer():
     model = tiny_model()
     first = model.rope_tables((3, 3))
@@ -116,6 +128,23 @@ def test_half_matmul_on_cpu_without_half_units_is_fp32_rounded_once(monkeypatch)
     monkeypatch.setattr(cpu, "has_half_matmul_units", lambda: True)
     native = linear(x, weight, bias)
     assert (native.float() - exact.float()).abs().max() <= 0.02 * exact.abs().max()
+
+
+@pytest.mark.skipif(not cpu.has_half_matmul_units(), reason="needs a CPU with bf16 matrix units (AVX512-BF16/AMX)")
+def test_bf16_products_on_cpus_with_half_units_use_onednn_with_the_bias_and_gelu_inside(monkeypatch):
+    x, weight, bias = (torch.randn(*shape).bfloat16() for shape in ((2, 40, 32), (48, 32), (48,)))
+    exact = F.linear(x.double(), weight.double(), bias.double())
+    calls = []
+    onednn = cpu.onednn_linear
+    monkeypatch.setattr(cpu, "onednn_linear", lambda x, w, b, act="none": calls.append(act) or onednn(x, w, b, act))
+    with torch.inference_mode():
+        product = linear(x, weight, bias)
+        assert cpu.linear_gelu_usable(x, weight, bias)
+        fused = cpu.linear_gelu(x, weight, bias)
+    assert calls == ["none", "gelu"] and product.dtype == fused.dtype == torch.bfloat16
+    assert (product.double() - exact).abs().max() <= 0.01 * exact.abs().max()
+    assert (fused.double() - F.gelu(exact)).abs().max() <= 0.01 * exact.abs().max()
+    assert not cpu.linear_gelu_usable(x, weight.requires_grad_(), bias)  # autograd: the plain ops
 
 
 def test_bf16_matches_fp32_on_a_real_photo(tmp_path):

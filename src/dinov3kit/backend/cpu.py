@@ -17,6 +17,8 @@ from .pools import activation_pool
 UPCAST_MIN_ROWS = 64
 #: Rows (tokens in the batch) up to which the oneDNN linear + GELU beats MKL's product and a GELU pass.
 LINEAR_GELU_MAX_ROWS = 1024
+#: Dtypes whose CPU activations go to pooled memory.
+POOLED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def plain_tensor(tensor: torch.Tensor | None) -> bool:
@@ -33,9 +35,15 @@ def inference_only(x: torch.Tensor, weight: torch.Tensor | None = None, *others:
     return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, *others)))
 
 
+def cpu_inference(x: torch.Tensor, weight: torch.Tensor | None = None, *others: torch.Tensor | None) -> bool:
+    """Inference on the CPU in fp32, bf16 or fp16 (with a plain weight) on a non-empty input: where outputs
+    may go to pooled memory."""
+    return x.device.type == "cpu" and x.dtype in POOLED_DTYPES and x.numel() > 0 and inference_only(x, weight, *others)
+
+
 def fp32_inference(x: torch.Tensor, weight: torch.Tensor | None = None, *others: torch.Tensor | None) -> bool:
-    """fp32 inference on the CPU (with a plain weight) on a non-empty input: where the CPU fast paths apply."""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() > 0 and inference_only(x, weight, *others)
+    """fp32 inference on the CPU (with a plain weight) on a non-empty input: where the fp32 kernels apply."""
+    return x.dtype == torch.float32 and cpu_inference(x, weight, *others)
 
 
 @functools.cache
@@ -47,14 +55,23 @@ def has_half_matmul_units() -> bool:
     return any(getattr(cpu, name, lambda: False)() for name in checks)
 
 
+def rope_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype of the RoPE tables for tokens `x`: x's own for bf16/fp16 CPU inference, where the rotation's
+    passes over q and k then need no conversions (ViT-S, bf16: a third of its time; the model's error against
+    fp32 does not change, benchmarks/README.md), fp32 elsewhere."""
+    return x.dtype if cpu_inference(x) and x.dtype != torch.float32 else torch.float32
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """`F.linear` (the same sums), with two CPU inference paths:
+    """`F.linear` (the same sums), with three CPU inference paths:
 
     - fp32: a product of few rows multiplies by a prepacked copy of the weight (`packing`); a larger one
       is written into pooled memory (`pools`): fresh activation buffers cost page faults on first touch.
     - bf16/fp16 on a CPU without half-precision matrix units: a product of at least UPCAST_MIN_ROWS rows is
       computed in fp32 and rounded once to the input dtype. That is the arithmetic of oneDNN's half kernels
       (exact products, fp32 sums), and much faster on such CPUs.
+    - bf16 on a CPU with them: oneDNN's linear with the bias added in the kernel (`onednn_linear`), with a
+      prepacked weight for few rows.
 
     Weights of other tensor types (quantized) keep their own kernels, and compiled graphs leave the choice
     to the compiler."""
@@ -77,7 +94,33 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
         and not has_half_matmul_units()
     ):
         return F.linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
+    if onednn_bf16_usable(x, weight, bias):
+        return onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+def onednn_bf16_usable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Whether `onednn_linear` may compute a bf16 product: CPU inference with plain bf16 weights on a CPU
+    with bf16 matrix units, and a torch with oneDNN's linear."""
+    return (
+        x.dtype == torch.bfloat16
+        and weight.dtype == torch.bfloat16
+        and (bias is None or bias.dtype == torch.bfloat16)
+        and cpu_inference(x, weight, bias)
+        and has_half_matmul_units()
+        and _onednn_linear() is not None
+    )
+
+
+def onednn_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str = "none"
+) -> torch.Tensor:
+    """activation(x @ weight.T + bias) in one oneDNN call ("none" or the exact "gelu"): the bias and the
+    activation are applied as each block of the product is written (no broadcast copy of the bias, no second
+    pass), with a prepacked copy of the weight where `packing` keeps one (bf16, few rows)."""
+    packed = packed_weights.packed(weight, x.numel() // x.shape[-1]) if x.dtype == torch.bfloat16 else None
+    algorithm = "none" if activation == "gelu" else ""
+    return _onednn_linear()(x, weight if packed is None else packed, bias, activation, [], algorithm)
 
 
 @functools.cache
@@ -87,30 +130,31 @@ def _onednn_linear():
     return getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 
 
-def linear_gelu_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether `linear_gelu` may replace linear + exact GELU: fused kernels on, fp32 CPU inference with
-    plain weights, few rows, and a torch with oneDNN's fused linear."""
-    return (
-        switches.fused_kernels
-        and x.numel() <= LINEAR_GELU_MAX_ROWS * x.shape[-1]
-        and fp32_inference(x, weight)
-        and _onednn_linear() is not None
-    )
+def linear_gelu_usable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Whether `linear_gelu` may replace linear + exact GELU: fused kernels on, and either fp32 CPU inference
+    with plain weights and few rows, or a bf16 product `onednn_bf16_usable` allows."""
+    if not switches.fused_kernels or _onednn_linear() is None:
+        return False
+    if onednn_bf16_usable(x, weight, bias):
+        return True
+    return x.numel() <= LINEAR_GELU_MAX_ROWS * x.shape[-1] and fp32_inference(x, weight, bias)
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """gelu(x @ weight.T + bias) (exact GELU) in one oneDNN call: the activation is applied as each block of
-    the product is written, which saves a pass over the MLP's widest activation (the same values)."""
-    return _onednn_linear()(x, weight, bias, "gelu", [], "none")
+    the product is written, which saves a pass over the MLP's widest activation (the values of the two ops,
+    except that a bf16 product is rounded once, after the GELU, instead of before and after it)."""
+    return onednn_linear(x, weight, bias, "gelu")
 
 
 def scaled_add(x: torch.Tensor, branch: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x + branch * scale in one pass, into pooled memory for fp32 CPU inference."""
-    if fp32_inference(x, scale, branch) and branch.shape == x.shape:
-        return torch.addcmul(x, branch, scale, out=activation_pool.empty(x.shape, x.dtype, x.device))
+    """x + branch * scale in one pass, into pooled memory for CPU inference."""
+    if cpu_inference(x, scale, branch) and branch.shape == x.shape:
+        dtype = torch.promote_types(torch.promote_types(x.dtype, branch.dtype), scale.dtype)
+        return torch.addcmul(x, branch, scale, out=activation_pool.empty(x.shape, dtype, x.device))
     return torch.addcmul(x, branch, scale)
 
 
 def workspace(shape: tuple[int, ...], dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor | None:
-    """Pooled memory for a temporary of fp32 CPU inference on `like`, or None (let the op allocate)."""
-    return activation_pool.empty(shape, dtype, like.device) if fp32_inference(like) else None
+    """Pooled memory for a temporary of CPU inference on `like`, or None (let the op allocate)."""
+    return activation_pool.empty(shape, dtype, like.device) if cpu_inference(like) else None

@@ -71,12 +71,21 @@ class FastConv2d(nn.Conv2d):
         )
 
 
+def linear_plus_bias(linear: nn.Module, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """linear(x) + bias in a buffer of the caller's own (it may be modified in place). For our unhooked
+    `FastLinear` without a bias of its own, the bias is added inside the product, which saves a pass."""
+    if unobserved(linear, FastLinear) and linear.bias is None:
+        return cpu.linear(x, linear.weight, bias)
+    out = linear(x)  # a hook or another module may keep this output: never modify it
+    return out.clone() if bias is None else out + bias
+
+
 def linear_then_activation(linear: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """act(linear(x)). For GELU in inference: in fp32 on the CPU with few rows one oneDNN call with the exact
     GELU fused in; otherwise the GELU in place in the product's fresh output (no second buffer)."""
     plain = unobserved(linear, FastLinear) and unobserved(act, nn.GELU)
     if plain and cpu.inference_only(x, linear.weight, linear.bias):
-        if act.approximate == "none" and cpu.linear_gelu_usable(x, linear.weight):
+        if act.approximate == "none" and cpu.linear_gelu_usable(x, linear.weight, linear.bias):
             return cpu.linear_gelu(x, linear.weight, linear.bias)
         return torch.ops.aten.gelu_(linear(x), approximate=act.approximate)
     return act(linear(x))

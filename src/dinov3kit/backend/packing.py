@@ -1,10 +1,11 @@
 """Prepacked weights for CPU products with few rows.
 
-MKL re-packs the whole weight into its kernels' layout on every product. With few rows (one image: 201
-rows for a ViT at 224 px) that packing is a large part of the work (timings in benchmarks/README.md).
-Products of up to MAX_ROWS rows therefore multiply by a copy of the weight packed once
-(`torch.ops.mkl._mkl_reorder_linear_weight`) and kept while the weight lives and is unchanged (its
-memory, layout and version counter are checked on every call; a change packs again).
+MKL (fp32) and oneDNN (bf16) re-pack the whole weight into their kernels' layout on every product. With
+few rows (one image: 201 rows for a ViT at 224 px) that packing is a large part of the work (timings in
+benchmarks/README.md). Products of up to MAX_ROWS rows therefore multiply by a copy of the weight packed
+once (`torch.ops.mkl._mkl_reorder_linear_weight` for fp32, `torch.ops.mkldnn._reorder_linear_weight` for
+bf16) and kept while the weight lives and is unchanged (its memory, layout and version counter are checked
+on every call; a change packs again).
 
 A pack serves one row count, as MKL defines it. Each weight keeps packs for its last ROW_COUNTS_PER_WEIGHT
 row counts, so alternating sizes (or a short last batch) do not repack on every call, which costs more
@@ -40,12 +41,18 @@ _UNTRIED = object()
 
 
 @functools.cache
-def available() -> bool:
-    """Whether this torch has MKL's packed products (x86 builds do); without them every product is plain."""
+def available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this torch packs weights of `dtype`: fp32 with MKL's packed products (x86 builds), bf16 with
+    oneDNN's (where it supports bf16); without them every product is plain."""
     try:
-        return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+        if dtype == torch.float32:
+            return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+        if dtype == torch.bfloat16:
+            mkldnn = torch.ops.mkldnn
+            return hasattr(mkldnn, "_reorder_linear_weight") and bool(mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
-        return False
+        pass
+    return False
 
 
 @dataclass
@@ -65,21 +72,26 @@ class PackedWeights:
 
     def linear(self, rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
         """rows [M, K] @ weight.T + bias with a packed copy of `weight` [N, K], fp32 inference on the CPU;
-        None where packing does not apply (no rows, too many rows, a weight that is not a plain parameter or
-        not contiguous, over the budget, no MKL), and the caller multiplies as usual."""
-        count = rows.shape[0]
-        if not 0 < count <= MAX_ROWS or type(weight) is not torch.nn.Parameter or weight.is_inference():
+        None where packing does not apply (see `packed`), and the caller multiplies as usual."""
+        packed = self.packed(weight, rows.shape[0])
+        if packed is None:
             return None
-        if not available():
+        return torch.ops.mkl._mkl_linear(rows, packed, weight, bias, rows.shape[0])
+
+    def packed(self, weight: torch.Tensor, rows: int) -> torch.Tensor | None:
+        """The packed copy of `weight` [N, K] (fp32: MKL's, bf16: oneDNN's) for products of `rows` rows; None
+        where packing does not apply (no rows, too many rows, a weight that is not a plain parameter or not
+        contiguous, over the budget, a dtype this torch does not pack)."""
+        if not 0 < rows <= MAX_ROWS or type(weight) is not torch.nn.Parameter or weight.is_inference():
+            return None
+        if not available(weight.dtype):
             return None
         entry = self._packs.get(weight)
         fresh = entry is not None and entry.weight_key == _key(weight)
-        packed = entry.by_rows.get(count, _UNTRIED) if fresh else _UNTRIED  # (a lookup: another thread may drop it)
+        packed = entry.by_rows.get(rows, _UNTRIED) if fresh else _UNTRIED  # (a lookup: another thread may drop it)
         if packed is _UNTRIED:
-            packed = self._pack(weight, count)
-        if packed is None:
-            return None
-        return torch.ops.mkl._mkl_linear(rows, packed, weight, bias, count)
+            packed = self._pack(weight, rows)
+        return packed
 
     def kept_bytes(self) -> int:
         """Bytes the packed copies take (about the size of the weights they copy)."""
@@ -121,13 +133,20 @@ class PackedWeights:
             while entry.by_rows and len(entry.by_rows) >= ROW_COUNTS_PER_WEIGHT:
                 del entry.by_rows[next(iter(entry.by_rows))]
             fits = weight.is_contiguous() and self._kept_bytes() + weight.nbytes <= switches.packed_weights_bytes
-            packed = torch.ops.mkl._mkl_reorder_linear_weight(weight.detach(), rows) if fits else None
+            packed = _reorder(weight.detach(), rows) if fits else None
             entry.by_rows[rows] = packed
             return packed
 
 
 #: The packed copies the CPU fast path uses.
 packed_weights = PackedWeights()
+
+
+def _reorder(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """`weight` in the layout of its dtype's kernels for products of `rows` rows."""
+    if weight.dtype == torch.float32:
+        return torch.ops.mkl._mkl_reorder_linear_weight(weight, rows)
+    return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
 
 
 def _key(weight: torch.nn.Parameter) -> tuple:

@@ -13,7 +13,14 @@ from torch import nn
 
 from ..backend import cpu
 from ..backend.kernels import fused_kernels_usable, rotate_qk_
-from ..backend.modules import FastConv2d, FastLinear, gated_activation, linear_then_activation, unobserved
+from ..backend.modules import (
+    FastConv2d,
+    FastLinear,
+    gated_activation,
+    linear_plus_bias,
+    linear_then_activation,
+    unobserved,
+)
 from .rope import rotate_
 
 ACTIVATIONS = {
@@ -95,12 +102,7 @@ class Attention(nn.Module):
         eager: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, tokens, dim = x.shape
-        qkv = self.qkv(x)  # [B, N, 3D]
-        if not unobserved(self.qkv, FastLinear):  # a hook or another module may keep its output: ours is a copy
-            qkv = qkv.clone()
-        bias = self.qkv_bias()
-        if bias is not None:
-            qkv.add_(bias)
+        qkv = linear_plus_bias(self.qkv, self.qkv_bias(), x)  # [B, N, 3D], ours to rotate in place
         qkv = qkv.view(batch, tokens, 3, self.num_heads, self.head_dim)
         if fused_kernels_usable(qkv) and qkv.is_contiguous():
             rotate_qk_(qkv, *rope, num_prefix_tokens)  # one pass over the buffer on GPUs

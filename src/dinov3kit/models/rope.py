@@ -80,8 +80,9 @@ def rotate_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, workspace: to
     """Rotate x [..., head_dim] in place: x * cos + rotate_half(x) * sin, where rotate_half maps the halves
     (x1, x2) to (-x2, x1), with cos/sin broadcastable to x.
 
-    The arithmetic runs in the tables' dtype (fp32) and is rounded once to x's dtype, so bf16 models keep
-    fp32-accurate positions. In place on a strided view (e.g. the patch rows of a fused QKV buffer), it
+    The arithmetic runs in the tables' dtype and is rounded to x's dtype: fp32 tables (the default) give
+    half-precision models fp32-accurate positions; bf16 CPU inference passes tables in its own dtype
+    (`backend.cpu.rope_dtype`), which halves the traffic of this memory-bound step. In place on a strided view (e.g. the patch rows of a fused QKV buffer), it
     writes one temporary (into `workspace` when given: a tensor of the broadcast shape and cos's dtype) and
     makes no copies of the prefix tokens or of the unrotated halves.
     """

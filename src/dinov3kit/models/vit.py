@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..backend import cpu
 from ..backend.kernels import add_layer_norm, fused_kernels_usable
 from ..backend.modules import unobserved
 from ..configs import DINOv3ViTConfig
@@ -38,7 +39,7 @@ class DINOv3ViTPreTrainedModel(PreTrainedModel):
         self.mask_token = nn.Parameter(torch.empty(1, 1, dim))
         self.patch_embed = PatchEmbed(config.num_channels, dim, config.patch_size)
         self.register_buffer("rope_periods", rope_periods(config.head_dim, config.rope_theta))
-        self._rope_cache: dict[tuple[int, int], tuple] = {}  # grid -> (periods, version, (cos, sin))
+        self._rope_cache: dict[tuple, tuple] = {}  # (grid, dtype) -> (periods, version, (cos, sin))
         self.blocks = nn.ModuleList(
             Block(
                 dim,
@@ -89,10 +90,13 @@ class DINOv3ViTPreTrainedModel(PreTrainedModel):
         height, width = pixel_values.shape[-2:]
         return height // self.config.patch_size, width // self.config.patch_size
 
-    def rope_tables(self, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """RoPE cos/sin for a patch grid; coordinates are augmented only in training mode.
+    def rope_tables(
+        self, grid: tuple[int, int], dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE cos/sin for a patch grid, computed in fp32 and stored in `dtype`; coordinates are augmented
+        only in training mode (tables then stay fp32).
 
-        In eval mode the tables are cached per grid size (a compiled graph computes them inline instead).
+        In eval mode the tables are cached per grid size and dtype (a compiled graph computes them inline).
         """
         config = self.config
         if self.training:
@@ -100,19 +104,19 @@ class DINOv3ViTPreTrainedModel(PreTrainedModel):
             return rope_cos_sin(*grid, self.rope_periods, augment=augment)
         if torch.compiler.is_compiling():
             return rope_cos_sin(*grid, self.rope_periods)
-        return self._cached_rope_tables(grid)
+        return self._cached_rope_tables(grid, dtype)
 
-    def _cached_rope_tables(self, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _cached_rope_tables(self, grid: tuple[int, int], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Eval-mode tables, recomputed only when the periods buffer is replaced (`.to()`, loading) or edited."""
         periods = self.rope_periods
         version = None if periods.is_inference() else periods._version
-        entry = self._rope_cache.get(grid)
+        entry = self._rope_cache.get((grid, dtype))
         if entry is None or entry[0] is not periods or entry[1] != version:
             with torch.inference_mode(False), torch.no_grad():  # usable later with autograd on
-                tables = rope_cos_sin(*grid, periods)
+                tables = tuple(table.to(dtype) for table in rope_cos_sin(*grid, periods))
             if len(self._rope_cache) >= ROPE_CACHE_SIZE:
                 self._rope_cache.pop(next(iter(self._rope_cache)))
-            entry = self._rope_cache[grid] = (periods, version, tables)
+            entry = self._rope_cache[grid, dtype] = (periods, version, tables)
         return entry[2]
 
     def embed(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
@@ -153,7 +157,7 @@ class DINOv3ViTPreTrainedModel(PreTrainedModel):
             )
         x = self.embed(pixel_values, bool_masked_pos)
         dtype = x.dtype
-        rope = self.rope_tables(grid)
+        rope = self.rope_tables(grid, cpu.rope_dtype(x))
         eager = output_attentions or self.attn_implementation == "eager"
         prefix = self.config.num_prefix_tokens
         blocks = self.blocks[:num_blocks]
