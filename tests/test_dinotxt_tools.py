@@ -16,6 +16,7 @@ from oracles.dinotxt_twin import meta_dinotxt_state_dict
 from oracles.meta_twin import meta_vit_state_dict
 from PIL import Image
 
+from dinov3kit.weights import placement
 from dinov3kit.cli import main
 from dinov3kit.images import load_image
 from dinov3kit.models.dinotxt import DINOv3TextModel
@@ -38,6 +39,12 @@ HEAD = "dinov3_vitl16_dinotxt_vision_head_and_text_encoder-00000000.pth"
 BACKBONE = "dinov3_vitl16_pretrain_lvd1689m-00000000.pth"
 
 
+@pytest.fixture(autouse=True)
+def fp32_by_default(monkeypatch):
+    """The tools' "auto" dtype is fp32 here, as on CPUs without bf16 units: outputs are compared with fp32."""
+    monkeypatch.setattr(placement, "has_half_matmul_units", lambda: False)
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("dinotxt_tools")
@@ -54,7 +61,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def model(checkpoints) -> DINOv3TextModel:
-    return load_text_model(checkpoints["folder"], device="cpu")
+    return load_text_model(checkpoints["folder"], device="cpu", dtype="fp32")
 
 
 def run(capsys, *args) -> tuple[int, str, str]:
@@ -66,7 +73,7 @@ def run(capsys, *args) -> tuple[int, str, str]:
 
 def test_embed_stores_the_aligned_embedding_and_text_search_ranks_by_it(checkpoints, model, tmp_path, capsys):
     index = tmp_path / "index.parquet"
-    code, _, err = run(capsys, "embed", PHOTOS, "-o", index, "--model", checkpoints["folder"], "--device", "cpu", "--workers", "0", "-q", "--resolution", "64")
+    code, _, err = run(capsys, "embed", PHOTOS, "-o", index, "--model", checkpoints["folder"], "--device", "cpu", "--dtype", "fp32", "--workers", "0", "-q", "--resolution", "64")
     assert code == 0, err
     table = pq.read_table(index)
     paths = table.column("path").to_pylist()

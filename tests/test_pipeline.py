@@ -15,6 +15,7 @@ from transformers import pipeline as transformers_pipeline
 import dinov3kit
 from dinov3kit import DINOv3ViTModel, ImageLoadError
 from dinov3kit.pipeline import ImageFeatureExtractionPipeline
+from dinov3kit.weights.placement import fast_dtype
 from tests.oracles.convnext_twins import hf_convnext
 from tests.oracles.hf_twin import save_hf_vit
 from tests.oracles.images import encode, photo
@@ -34,7 +35,7 @@ def checkpoint(tmp_path_factory) -> Path:
 def pipes(checkpoint):
     return (
         transformers_pipeline("image-feature-extraction", model=str(checkpoint)),
-        dinov3kit.pipeline("image-feature-extraction", model=checkpoint),
+        dinov3kit.pipeline("image-feature-extraction", model=checkpoint, dtype="auto"),  # the stored fp32
     )
 
 
@@ -86,8 +87,10 @@ def test_file_paths_and_shapes(pipes, images, tmp_path):
 def test_model_instance_and_dtype(checkpoint, images):
     model = DINOv3ViTModel.from_pretrained(checkpoint)
     from_instance = dinov3kit.pipeline(model=model, image_processor=checkpoint)
-    from_folder = dinov3kit.pipeline(model=checkpoint)
+    from_folder = dinov3kit.pipeline(model=checkpoint, dtype="auto")
     assert_same(from_folder(images[0]), from_instance(images[0]))
+    assert from_instance.dtype == torch.float32  # an instance keeps its dtype
+    assert dinov3kit.pipeline(model=checkpoint).dtype == fast_dtype(torch.device("cpu"))  # bf16 on AMX CPUs
     bf16 = dinov3kit.pipeline(model=checkpoint, dtype=torch.bfloat16)
     assert bf16.dtype == torch.bfloat16 and bf16(images[0], return_tensors=True).dtype == torch.bfloat16
     default_processor = dinov3kit.pipeline(model=model)  # built for the model: 224 px
@@ -98,7 +101,7 @@ def test_convnext_matches_transformers(tmp_path, images):
     hf_convnext().save_pretrained(tmp_path)
     TransformersProcessor(size={"height": 64, "width": 64}).save_pretrained(tmp_path)
     theirs = transformers_pipeline("image-feature-extraction", model=str(tmp_path))
-    ours = dinov3kit.pipeline("image-feature-extraction", model=tmp_path)
+    ours = dinov3kit.pipeline("image-feature-extraction", model=tmp_path, dtype="auto")
     assert_same(theirs(images[0]), ours(images[0]))
     assert_same(theirs(images[:2], pool=True), ours(images[:2], pool=True))
 

@@ -82,11 +82,15 @@ def test_device_map_loading_on_cpu(tmp_path):
         DINOv3ViTModel.from_pretrained(tmp_path, device_map={"blocks": "cpu", "norm": "cpu"})
 
 
-def test_dtype_names_have_one_meaning():
+def test_dtype_names_have_one_meaning(monkeypatch):
     assert placement.resolve_dtype("auto", torch.bfloat16) == torch.bfloat16  # the stored dtype
     assert placement.resolve_dtype(None, torch.float16) == torch.float16
     assert placement.resolve_dtype("fast", torch.float32, "cuda") == torch.bfloat16
+    monkeypatch.setattr(placement, "has_half_matmul_units", lambda: False)
     assert placement.resolve_dtype("fast", torch.bfloat16, "cpu") == torch.float32
+    assert placement.resolve_dtype("fast", torch.bfloat16) == torch.float32  # no device: the CPU
+    monkeypatch.setattr(placement, "has_half_matmul_units", lambda: True)  # AMX or AVX512-BF16
+    assert placement.resolve_dtype("fast", torch.float32, "cpu") == torch.bfloat16
     for name in ("bf16", "bfloat16", "torch.bfloat16", torch.bfloat16):
         assert placement.resolve_dtype(name, torch.float32) == torch.bfloat16
     assert placement.resolve_dtype("fp16") == placement.resolve_dtype("half") == torch.float16

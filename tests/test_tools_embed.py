@@ -47,7 +47,7 @@ def test_patch_grids_and_features_match_the_model_with_or_without_workers(vit, t
 
 def test_convnext_checkpoints_embed_too(tmp_path):
     hf_convnext(seed=2).save_pretrained(tmp_path / "convnext")
-    embedder = Embedder.load(tmp_path / "convnext", device="cpu", resolution=224)
+    embedder = Embedder.load(tmp_path / "convnext", device="cpu", dtype="fp32", resolution=224)
     summary = embed_images([PHOTOS / "cat.jpg", PHOTOS / "coffee.jpg"], tmp_path / "c.parquet", embedder=embedder,
                            workers=0, patches=True, progress=False)
     assert (summary.embedded, summary.failed) == (2, 0)

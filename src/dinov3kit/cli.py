@@ -18,7 +18,7 @@ from .fileio import MAX_BYTES_ENV, OutputLockedError, atomic_write, parse_size
 from .cli_heads import add_head_commands
 from .cli_text import add_text_commands, run_text_search
 from .serve.cli import add_serve_command
-from .tools.runtime import DEFAULT_MODEL, DEFAULT_RESOLUTION, MODEL_ENV
+from .tools.runtime import DEFAULT_MODEL, DEFAULT_RESOLUTION, DTYPE_HELP, MODEL_ENV
 
 DENSE_RESOLUTION = 768
 EXIT_ERROR = 2
@@ -197,7 +197,7 @@ def _command(commands, name: str, run, help: str, *, resolution: int | None, bat
         model_help = "the checkpoint that made the index (default: the one it records)"
     command.add_argument("--model", help=model_help)
     command.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
-    command.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    command.add_argument("--dtype", default="auto", help=DTYPE_HELP)
     if batches:
         command.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     if resolution is not None:

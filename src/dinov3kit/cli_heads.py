@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .tools.runtime import DTYPE_HELP
+
 
 def add_head_commands(commands) -> None:
     """Add the `probe` command (and its subcommands) to the main parser's subcommands."""
@@ -64,7 +66,7 @@ def add_classify_command(commands) -> None:
     classify.add_argument("-k", "--top-k", type=int, default=5, help="classes per image (default 5)")
     classify.add_argument("--model", help="the backbone: Meta .pth, transformers folder or hub id (default: $DINOV3KIT_MODEL)")
     classify.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, ...")
-    classify.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    classify.add_argument("--dtype", default="auto", help=DTYPE_HELP)
     classify.add_argument("--resolution", type=int, default=224, help="input size in pixels (default 224)")
 
 
@@ -81,7 +83,7 @@ def add_depth_command(commands) -> None:
     depth.add_argument("--resolution", type=int, default=None, help="shorter side seen by the model (default: 512 for depth, the image's own size for CHMv2)")
     depth.add_argument("--save-raw", action="store_true", help="also write the map in metres as OUT.npy (float32)")
     depth.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, ...")
-    depth.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    depth.add_argument("--dtype", default="auto", help=DTYPE_HELP)
 
 
 def run_depth(args) -> int:
@@ -134,7 +136,7 @@ def _model_options(command: argparse.ArgumentParser, *, batches: bool, resolutio
     command.add_argument("--model", help="checkpoint (default: the one the head was trained with)" if resolution is None
                          else "hub id, transformers folder or Meta .pth (default: $DINOV3KIT_MODEL or the default model)")
     command.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, ...")
-    command.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    command.add_argument("--dtype", default="auto", help=DTYPE_HELP)
     if batches:
         command.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     if resolution is not None:

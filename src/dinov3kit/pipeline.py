@@ -48,7 +48,9 @@ def pipeline(
     """Build the pipeline for `model`: a hub id, a folder, a Meta `.pth` file, a resolved `Source`, or a
     model instance.
 
-    `dtype` / `device` load the weights in that dtype / on that device ("auto" picks the best device);
+    `dtype` / `device` load the weights in that dtype / on that device ("auto" picks the best device). The
+    dtype defaults to "fast" for a checkpoint (`fast_dtype`: bf16 on GPUs and on CPUs with bf16 matrix
+    units, fp32 elsewhere; "auto" keeps the stored dtype) and to the model's own for a model instance;
     `image_processor` defaults to the checkpoint's (`AutoImageProcessor`) or, for a model instance, the
     one `processor_for_model` builds. The other arguments are call defaults (see the pipeline's
     `__call__`); remaining keyword arguments go to `from_pretrained` (revision, token, ...).
@@ -64,7 +66,7 @@ def pipeline(
         device = resolve_device(device)
     if isinstance(model, (str, os.PathLike, Source)):
         source = source_of(model, **model_kwargs)  # resolved once: model and processor read the same files
-        model = AutoModel.from_pretrained(source, dtype=dtype, device=device, **model_kwargs)
+        model = AutoModel.from_pretrained(source, dtype="fast" if dtype is None else dtype, device=device, **model_kwargs)
         if image_processor is None:
             hub = {key: model_kwargs[key] for key in HUB_KEYS if key in model_kwargs}
             image_processor = AutoImageProcessor.from_pretrained(source, **hub)

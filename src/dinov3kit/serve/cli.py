@@ -8,7 +8,7 @@ import socket
 import sys
 from pathlib import Path
 
-from ..tools.runtime import MODEL_ENV
+from ..tools.runtime import DTYPE_HELP, MODEL_ENV
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -22,7 +22,7 @@ def add_serve_command(commands) -> argparse.ArgumentParser:
     serve.add_argument("index", type=Path, metavar="INDEX", help="an index made by `dinov3kit embed`")
     serve.add_argument("--model", help=f"the checkpoint that made the index (default: the one it records; ${MODEL_ENV} is not used)")
     serve.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
-    serve.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    serve.add_argument("--dtype", default="auto", help=DTYPE_HELP)
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}, this machine only)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
     serve.add_argument("--feature", choices=("cls", "mean_patch"), default="cls", help="which embedding to compare (default cls)")

@@ -44,9 +44,13 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
     return resolve_device("auto" if device is None else device)
 
 
+#: The --dtype help of every command.
+DTYPE_HELP = "auto (bf16 on GPUs and on CPUs with AMX or AVX512-BF16, else fp32), bf16, fp16, fp32"
+
+
 def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """"auto" here is `resolve_dtype`'s "fast": bfloat16 on a GPU, float32 on the CPU; otherwise a dtype
-    or its name (bf16, fp16, fp32)."""
+    """"auto" here is `resolve_dtype`'s "fast" (`fast_dtype`: bfloat16 on GPUs and on CPUs with bf16 matrix
+    units, float32 elsewhere); otherwise a dtype or its name (bf16, fp16, fp32)."""
     if dtype in (None, "auto", "fast"):
         return resolve_dtype("fast", device=device)
     try:

@@ -117,8 +117,8 @@ def find_backbone(head: Path) -> Path:
 def load_text_model(
     source: str | os.PathLike, *, device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto"
 ) -> DINOv3TextModel:
-    """A dino.txt model in eval mode on `device` in `dtype` ("auto": CUDA/bf16 when present, else CPU/fp32;
-    None: as stored). Raises `NotATextModelError` for other checkpoints."""
+    """A dino.txt model in eval mode on `device` in `dtype` ("auto": `pick_dtype`'s, bf16 on GPUs and on CPUs
+    with bf16 matrix units, else fp32; None: as stored). Raises `NotATextModelError` for other checkpoints."""
     if not is_text_model_source(source):
         kind = "a vision-only checkpoint" if Path(source).expanduser().exists() else "no local dino.txt folder or file"
         raise NotATextModelError(f"{source} is not a dino.txt model ({kind}); {text_models_hint()}")

@@ -161,7 +161,7 @@ def load_model(
     read = layout.loader(tensors)
     weight_key = next((k for k in original if k.endswith(".weight")), None)
     stored_dtype = tensors.load(original[weight_key]).dtype if weight_key else torch.float32
-    target_dtype = resolve_dtype(dtype, stored_dtype)
+    target_dtype = resolve_dtype(dtype, stored_dtype, device)
 
     with torch.device("meta"):
         model = model_class(config)

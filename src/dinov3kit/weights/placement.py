@@ -15,6 +15,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from ..backend.cpu import has_half_matmul_units
+
 #: Share of a device's free memory that weights may take; the rest is left for activations and workspaces.
 WEIGHT_SHARE = 0.9
 
@@ -107,13 +109,12 @@ def resolve_dtype(
     """The one meaning of every dtype name.
 
     A torch dtype or its name ("bfloat16", "bf16", "torch.float16", ...) is itself; None and "auto" are
-    the dtype the checkpoint stores (`stored`), as in transformers; "fast" is bfloat16 on a CUDA
-    `device` and float32 elsewhere (CPUs without bf16 units run float32 faster).
+    the dtype the checkpoint stores (`stored`), as in transformers; "fast" is `fast_dtype(device)`.
     """
     if dtype is None or dtype == "auto":
         return stored
     if dtype == "fast":
-        return torch.bfloat16 if device is not None and torch.device(device).type == "cuda" else torch.float32
+        return fast_dtype(resolve_device(device))
     if isinstance(dtype, torch.dtype):
         return dtype
     name = str(dtype).removeprefix("torch.")
@@ -121,6 +122,15 @@ def resolve_dtype(
     if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
         raise ValueError(f"dtype must be a floating torch dtype, its name (bf16, fp16, fp32), 'auto' or 'fast'; got {dtype!r}")
     return resolved
+
+
+def fast_dtype(device: torch.device) -> torch.dtype:
+    """The dtype a model runs fastest in on `device` at an error users accept for features: bfloat16 on
+    CUDA and on CPUs with bf16 matrix units (AMX or AVX512-BF16), float32 elsewhere (CPUs without them
+    emulate bf16 and run float32 faster; MPS). Errors of each: README, "Faithfulness"."""
+    if device.type == "cuda" or (device.type == "cpu" and has_half_matmul_units()):
+        return torch.bfloat16
+    return torch.float32
 
 
 def resolve_device(device: torch.device | str | int | None) -> torch.device:
