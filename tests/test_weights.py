@@ -99,6 +99,18 @@ def test_dtype_on_load(hf_folder, dtype):
         assert model(torch.randn(1, 3, 32, 32)).last_hidden_state.dtype == wanted
 
 
+def test_loading_leaves_the_thread_settings_alone(hf_folder, monkeypatch):
+    threads = torch.get_num_threads()
+
+    def refuse(count: int) -> None:
+        raise AssertionError(f"loading called torch.set_num_threads({count})")
+
+    monkeypatch.setattr(torch, "set_num_threads", refuse)
+    model = DINOv3ViTModel.from_pretrained(hf_folder[1], dtype=torch.bfloat16)
+    assert torch.get_num_threads() == threads
+    assert model.dtype == torch.bfloat16
+
+
 def test_auto_dtype_keeps_the_stored_dtype(hf_folder, tmp_path):
     DINOv3ViTModel.from_pretrained(hf_folder[1], dtype=torch.bfloat16).save_pretrained(tmp_path)
     assert DINOv3ViTModel.from_pretrained(tmp_path).dtype == torch.bfloat16

@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 
 from ..errors import CheckpointError
+from .copies import concatenate
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -93,8 +94,8 @@ def translate(
         template = next(iter(loaded.values()))
         # Writing a fused layout: a slot our model does not have (a disabled bias) is written as zeros.
         tensors = [loaded[k] if k in loaded else template.new_zeros(template.shape) for k in sources]
-        joined = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
-        parts = [joined] if len(targets) == 1 else [part.clone() for part in joined.chunk(len(targets))]
+        joined = tensors[0] if len(tensors) == 1 else concatenate(tensors)
+        parts = [joined] if len(targets) == 1 else [concatenate([part]) for part in joined.chunk(len(targets))]
         for target, part in zip(targets, parts):
             if wanted is None or target in wanted:
                 shape = None if wanted is None else wanted[target]
