@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .auto import AutoModel
 from .fileio import atomic_write, input_files, refuse_overwriting_sources
+from .quantize import is_quantized, suppressed_log_messages
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAMES = ("last_hidden_state", "pooler_output")
@@ -120,7 +122,6 @@ def eval_mode(model: nn.Module):
 
 
 def _check_exportable(model: nn.Module) -> None:
-    from .quantize import is_quantized
 
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "patch_size") or not hasattr(model, "encode"):
@@ -139,7 +140,6 @@ def quantize_onnx(path: str | os.PathLike, output: str | os.PathLike) -> Path:
     fly by onnxruntime (its VNNI / AMX kernels make this the fast int8 path on x86 CPUs)."""
     quantization = require("onnxruntime.quantization")
     output = Path(output)
-    from .quantize import suppressed_log_messages
 
     with suppressed_log_messages("", "pre-processing before quantization"):  # advice our graphs do not need
         with atomic_write(output, sources=[path]) as temporary:
@@ -196,7 +196,6 @@ def export_pretrained(
 ) -> ExportResult:
     """`dinov3kit export`: load a checkpoint (hub id, transformers folder or Meta `.pth`; ViT or ConvNeXt)
     in float32, write it to ONNX, and with `check` compare onnxruntime against torch at `CHECK_SHAPES`."""
-    from .auto import AutoModel
 
     refuse_overwriting_sources(path, input_files(source))
     model = AutoModel.from_pretrained(source, dtype=torch.float32)

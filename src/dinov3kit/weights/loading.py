@@ -9,17 +9,19 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from ..configs import CONFIG_CLASSES, DINOv3ViTConfig
 from ..errors import CheckpointError
 from ..fileio import atomic_write, refuse_overwriting_sources
-from ..models.rope import rope_periods
+from ..rope_math import rope_periods
 from ..source import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, HubOptions, Source, resolve_source
 from . import hf, meta
 from .copies import convert
@@ -257,7 +259,6 @@ def save_model(model, folder: str | os.PathLike, *, max_shard_size: int | str = 
     none, never half of one). Writing over the files the model was loaded from is refused before
     anything is written: they may still be mapped into the model's memory.
     """
-    from safetensors.torch import save_file  # optional at import time: only saving needs it
 
     refuse_unsavable(model)
     folder = Path(folder)
