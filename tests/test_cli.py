@@ -400,7 +400,7 @@ def test_control_characters_in_names_are_printed_escaped(checkpoints, tmp_path, 
     outputs.append(run_main(capsys, "search", index, "0"))
     outputs.append(run_main(capsys, "dedup", index, "--threshold", "-1"))
     outputs.append(run_main(capsys, "search", photos / evil, "0"))
-    for code, out, err in outputs:
+    for _, out, err in outputs:
         for text in (out, err):
             assert not any(c in text for c in "\x1b\x07\r\u202e"), text
             assert "faked line" not in text or "\\nfaked line" in text

@@ -21,8 +21,13 @@ from dinov3kit import (
 from dinov3kit.weights import save_meta_checkpoint
 from dinov3kit.weights.files import TensorFile
 from dinov3kit.weights.meta import infer_convnext_config
-from oracles.convnext_twins import TINY, hf_convnext, load_meta_into_timm_, meta_convnext_state_dict
-from oracles.convnext_twins import timm_convnext_from_meta
+from oracles.convnext_twins import (
+    TINY,
+    hf_convnext,
+    load_meta_into_timm_,
+    meta_convnext_state_dict,
+    timm_convnext_from_meta,
+)
 from oracles.meta_twin import LAYOUTS, meta_vit_state_dict
 from oracles.random_weights import perturbations
 

@@ -11,8 +11,20 @@ from PIL import Image
 
 from dinov3kit.cli import main
 from dinov3kit.models.heads import imagenet1k_labels
-from dinov3kit.tools.heads import HeadMismatchError, classify_images, estimate_depth, load_depth_estimator, load_linear_classifier
-from oracles.heads_twin import MetaDeptherTwin, MetaDPTHeadTwin, MetaLinearClassifierTwin, meta_linear_head_state, randomize_dpt_state_
+from dinov3kit.tools.heads import (
+    HeadMismatchError,
+    classify_images,
+    estimate_depth,
+    load_depth_estimator,
+    load_linear_classifier,
+)
+from oracles.heads_twin import (
+    MetaDeptherTwin,
+    MetaDPTHeadTwin,
+    MetaLinearClassifierTwin,
+    meta_linear_head_state,
+    randomize_dpt_state_,
+)
 from oracles.meta_twin import meta_vit_state_dict, timm_vit_from_meta
 from oracles.random_weights import perturbations
 

@@ -10,7 +10,14 @@ import torch
 from PIL import Image
 
 from dinov3kit.cli import main
-from dinov3kit.tools.dense_probe import DenseHead, fit_dense_probe, median_filter_3x3, patch_fractions, predict_dense, read_mask
+from dinov3kit.tools.dense_probe import (
+    DenseHead,
+    fit_dense_probe,
+    median_filter_3x3,
+    patch_fractions,
+    predict_dense,
+    read_mask,
+)
 from dinov3kit.tools.probe import ProbeError
 from dinov3kit.tools.runtime import Embedder
 from oracles.hf_twin import save_hf_vit

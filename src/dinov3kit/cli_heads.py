@@ -143,8 +143,8 @@ def _model_options(command: argparse.ArgumentParser, *, batches: bool, resolutio
 
 
 def run_probe_fit(args) -> int:
-    from .tools.probe import confusion_image, fit_probe
     from .fileio import atomic_write
+    from .tools.probe import confusion_image, fit_probe
 
     result = fit_probe(
         args.index, labels=args.labels, labels_from_folder=args.labels_from_folder, features=args.features,

@@ -21,8 +21,8 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 try:
     import fcntl
@@ -244,7 +244,7 @@ class OutputLock:
         self.path = lock_path(self.output)
         self._handle = None
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self) -> OutputLock:
         if fcntl is None:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -271,7 +271,7 @@ class OutputLock:
             self._handle.close()
             self._handle = None
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         return self.acquire()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -44,7 +45,7 @@ def pipeline(
     progress: bool = False,
     torch_dtype: torch.dtype | str | None = None,
     **model_kwargs: Any,
-) -> "ImageFeatureExtractionPipeline":
+) -> ImageFeatureExtractionPipeline:
     """Build the pipeline for `model`: a hub id, a folder, a Meta `.pth` file, a resolved `Source`, or a
     model instance.
 
@@ -124,7 +125,7 @@ class ImageFeatureExtractionPipeline:
             progress=progress,
         )
         #: Errors (each with its input `index`) of the inputs skipped by the last call.
-        self.skipped: list["ImageLoadError"] = []
+        self.skipped: list[ImageLoadError] = []
 
     @property
     def device(self) -> torch.device:

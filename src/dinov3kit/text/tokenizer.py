@@ -13,8 +13,8 @@ from __future__ import annotations
 import functools
 import gzip
 import html
+from collections.abc import Sequence
 from importlib import resources
-from typing import Sequence
 
 import torch
 

@@ -8,7 +8,7 @@ most `SERIAL_ELEMENTS` elements never leaves the calling thread, so large CPU co
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

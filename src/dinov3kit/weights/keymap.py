@@ -9,8 +9,8 @@ that the model does not have (a disabled key bias) must hold zeros in the checkp
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
 
 import torch
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -175,7 +175,7 @@ def resolve_device_map(
 def device_of(device_map: Mapping[str, torch.device], key: str) -> torch.device | None:
     """The device of a parameter or module name: the entry with the longest matching prefix."""
     best = None
-    for name, device in device_map.items():
+    for name in device_map:
         if (name == "" or key == name or key.startswith(name + ".")) and (best is None or len(name) > len(best)):
             best = name
     return None if best is None else device_map[best]
