@@ -14,7 +14,7 @@ from transformers import DINOv3ViTModel as HFModel
 from dinov3kit import CheckpointError, DINOv3ViTBackbone, DINOv3ViTConfig, DINOv3ViTModel
 from dinov3kit.fileio import SameFileError
 from dinov3kit.models.rope import rope_periods
-from dinov3kit.weights import save_meta_checkpoint
+from dinov3kit.weights import loading, save_meta_checkpoint
 from dinov3kit.weights.files import TensorFile
 from dinov3kit.weights.meta import infer_vit_config
 from oracles.hf_twin import save_hf_vit
@@ -415,9 +415,7 @@ def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError, match="No space left"):
         save_meta_checkpoint(model, tmp_path / "m.pth")
-    import safetensors.torch
-
-    monkeypatch.setattr(safetensors.torch, "save_file", lambda tensors, destination, **kw: crash(tensors, destination))
+    monkeypatch.setattr(loading, "save_file", lambda tensors, destination, **kw: crash(tensors, destination))
     with pytest.raises(OSError, match="No space left"):
         model.save_pretrained(tmp_path / "hf")
     after = {path.name: path.read_bytes() for path in [tmp_path / "m.pth", *(tmp_path / "hf").iterdir()]}

@@ -29,7 +29,7 @@ from ..images import ImageLoadError, load_image
 from ..models.heads import DPT_PRESETS, DINOv3DepthEstimator, DINOv3LinearClassifier, DPTConfig
 from ..processing import processor_for_model
 from ..weights.files import open_torch_pickle
-from .runtime import load_model, model_source
+from .runtime import load_image_model, model_source
 from .sources import collect_images
 
 #: Meta's linear-head file (a state dict of nn.Linear) → our module names, as (Meta pattern, ours).
@@ -111,7 +111,7 @@ def load_linear_classifier(
     .pth, transformers folder, hub id) with the head file `head` on top."""
     if not isinstance(backbone, torch.nn.Module):
 
-        backbone = load_model(model_source(backbone), torch.device(device), dtype)
+        backbone = load_image_model(model_source(backbone), torch.device(device), dtype)
     if not hasattr(backbone.config, "hidden_size") or not hasattr(backbone.config, "num_prefix_tokens"):
         raise HeadMismatchError(f"{head}: Meta's linear classifier heads sit on DINOv3 ViT backbones, not on {type(backbone).__name__}")
     state = linear_head_state(head, backbone.config.hidden_size)
@@ -182,7 +182,7 @@ def load_depth_estimator(
     head reads the CLS token) unless given; `out_layers` overrides the blocks the preset reads."""
     if not isinstance(backbone, torch.nn.Module):
 
-        backbone = load_model(model_source(backbone), torch.device(device), dtype)
+        backbone = load_image_model(model_source(backbone), torch.device(device), dtype)
     if not hasattr(backbone, "get_intermediate_layers") or not hasattr(backbone.config, "num_prefix_tokens"):
         raise HeadMismatchError(f"{head}: Meta's DPT heads sit on DINOv3 ViT backbones, not on {type(backbone).__name__}")
     raw = read_meta_head(head)

@@ -72,10 +72,11 @@ def how_to_get_weights(source: str) -> str:
     )
 
 
-def load_model(source: str, device: torch.device, dtype: torch.dtype | None):
-    """A DINOv3 model (ViT or ConvNeXt) from a hub id, a transformers folder or a Meta .pth file
-    (`dtype` None keeps the stored dtype). Raises `ModelUnavailableError` saying how to get weights."""
-
+def load_image_model(source: str, device: torch.device, dtype: torch.dtype | None):
+    """The image model of any checkpoint a tool is given: a DINOv3 ViT or ConvNeXt from a hub id, a
+    transformers folder or a Meta .pth file, or a dino.txt model's `ImageTower` (`dtype` None keeps the
+    stored dtype). Unlike `weights.load_model` (one given class), it recognises the kind of model, and
+    raises `ModelUnavailableError` saying how to get weights."""
     if is_text_model_source(source):  # dino.txt: its image side, whose embedding aligns with text
         return load_image_tower(source, device, dtype)
     try:
@@ -122,7 +123,7 @@ class Embedder:
         """Load the checkpoint `model` (see `model_source`) on `device` in `dtype` (both "auto" by default)."""
         source = model_source(model)
         device = pick_device(device)
-        return cls(load_model(source, device, pick_dtype(dtype, device)), source, resolution)
+        return cls(load_image_model(source, device, pick_dtype(dtype, device)), source, resolution)
 
     @property
     def device(self) -> torch.device:

@@ -137,5 +137,5 @@ class ImageTower(nn.Module):
 
 
 def load_image_tower(source: str, device: torch.device, dtype: torch.dtype | None) -> ImageTower:
-    """`runtime.load_model` for dino.txt checkpoints."""
+    """`runtime.load_image_model` for dino.txt checkpoints."""
     return ImageTower(load_text_model(source, device=device, dtype=dtype))

@@ -20,14 +20,14 @@ from torch import nn
 
 from ..configs import CONFIG_CLASSES, DINOv3ViTConfig
 from ..errors import CheckpointError
-from ..fileio import atomic_write, refuse_overwriting_sources
+from ..fileio import atomic_write, parse_size, refuse_overwriting_sources
 from ..rope_math import rope_periods
 from ..source import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, HubOptions, Source, resolve_source
 from . import hf, meta
 from .copies import convert
 from .files import TensorFile, open_source
 from .keymap import KeyRule, translate
-from .placement import device_of, dispatch, parse_size, resolve_device, resolve_device_map, resolve_dtype
+from .placement import device_of, dispatch, resolve_device, resolve_device_map, resolve_dtype
 
 #: Config key under which a saved folder keeps RoPE periods that differ from the ones rope_theta gives
 #: (Meta checkpoints store them rounded to bf16). transformers ignores it; we use it to stay exact.
