@@ -29,8 +29,8 @@ from safetensors.torch import save_file
 
 from ..fileio import atomic_write
 from ..images import ImageLoadError, load_image
+from ..optional import require
 from . import probe_math as pm
-from .deps import require
 from .probe import METADATA_KEY, ProbeError, load_head_file
 from .runtime import Embedder
 from .sources import collect_images

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..fileio import OutputLock, refuse_overwriting_sources
-from .deps import require
+from ..optional import require
 from .embed_common import COMMIT_INTERVAL_S, BadImageError, BadInput, EmbedSummary, decode_item
 from .inputs import Item, collect_items, extra_columns, with_extra_columns
 from .runtime import DEFAULT_RESOLUTION, Embedder, feature_dim, model_source

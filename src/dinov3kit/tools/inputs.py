@@ -26,7 +26,7 @@ from pathlib import PurePosixPath
 from urllib.parse import urlparse
 
 from ..fileio import default_max_bytes
-from .deps import require
+from ..optional import require
 from .sources import IMAGE_SUFFIXES, SourceError, collect_images, read_image_bytes
 
 #: Extra index columns of WebDataset rows (strings, null where a sample has none).

@@ -31,8 +31,8 @@ from safetensors.torch import save_file
 
 from ..fileio import atomic_write
 from ..images import ImageLoadError, load_image
+from ..optional import require
 from . import probe_math as pm
-from .deps import require
 from .runtime import Embedder
 from .sources import collect_images
 from .store import read_index

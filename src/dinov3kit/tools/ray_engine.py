@@ -31,8 +31,8 @@ import torch
 
 from ..auto import AutoConfig
 from ..fileio import OutputLock, atomic_write
+from ..optional import require
 from ..processing import processor_for_model
-from .deps import require
 from .embed_common import COMMIT_INTERVAL_S, BadImageError, BadInput, EmbedSummary, decode_item
 from .inputs import Item, collect_items, extra_columns, with_extra_columns
 from .runtime import DEFAULT_RESOLUTION, Embedder, feature_dim, model_source

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .deps import require
+from ..optional import require
 from .runtime import Embedder
 from .sources import load_image_file
 from .store import Index, check_same_model

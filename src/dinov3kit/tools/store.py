@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..fileio import atomic_write
-from .deps import require
+from ..optional import require
 
 pa = require("pyarrow")
 pq = require("pyarrow.parquet")

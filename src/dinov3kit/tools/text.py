@@ -25,9 +25,9 @@ from PIL import Image, ImageDraw
 
 from ..images import ImageLoadError, load_image
 from ..models.dinotxt import DINOv3TextModel
+from ..optional import require
 from ..processing import processor_for_model
 from ..text import default_tokenizer
-from .deps import require
 from .search import Hit, QueryResult, exact_top_k, faiss_top_k
 from .text_models import MODEL_TYPE, ImageTower, NotATextModelError, load_text_model, text_models_hint
 
