@@ -47,13 +47,7 @@ def nudged(tensor: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return tensor + 0.5 * tensor.abs().mean().clamp_min(0.1) * noise
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread runs them fastest, and is not stalled by a busy second core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,7 @@ from oracles.hf_twin import save_hf_vit
 WIDTH, HEIGHT = 160, 112
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 def scene(rng: np.random.Generator) -> tuple[Image.Image, np.ndarray]:
