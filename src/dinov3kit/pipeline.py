@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .auto import HUB_KEYS, AutoImageProcessor, AutoModel, source_of
+from .optional import require
 from .pixels import DEFAULT_TIMEOUT
 from .source import Source
 from .weights.placement import resolve_device, resolve_dtype
@@ -215,6 +216,4 @@ def _is_batch(images: Any) -> bool:
 def _progress(items: list[Any], enabled: bool) -> Iterable[Any]:
     if not enabled:
         return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc="images", unit="img")
+    return require("tqdm.auto", "a progress bar").tqdm(items, desc="images", unit="img")

@@ -408,7 +408,6 @@ def read_folder_meta(folder: Path) -> dict:
 def merge_index(folder: str | os.PathLike, out: str | os.PathLike) -> dict:
     """Compact the folder index `folder` into the single index file `out` (atomically; each path once)
     and return its metadata."""
-    from ..fileio import atomic_write
 
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
