@@ -20,10 +20,10 @@ from torch import nn
 
 from ..configs import CONFIG_NAME, DINOv3TextConfig, swiglu_hidden
 from ..fileio import atomic_write
+from ..source import SAFE_WEIGHTS_NAME
 from .errors import CheckpointError
 from .placement import resolve_device, resolve_dtype
 
-WEIGHTS_NAME = "model.safetensors"
 #: Head width of Meta's text transformer (1280 / 20); used when the number of heads is not given.
 TEXT_HEAD_DIM = 64
 
@@ -171,16 +171,17 @@ def load_dinotxt(
     loaded model, or a source for `model_class.backbone_class.from_pretrained`)."""
     overrides = dict(overrides or {})
     path = Path(source)
+    device = None if device is None else resolve_device(device)
     dtype = None if dtype in (None, "auto") else resolve_dtype(dtype, device=device)  # None: as stored
     if path.is_dir():
         if backbone is not None:
             raise ValueError(f"{path} is a saved dino.txt folder and holds its backbone; do not pass backbone=")
-        if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(f"{path} has no {CONFIG_NAME} and {WEIGHTS_NAME}; is it a saved dino.txt model?")
+        if not (path / CONFIG_NAME).is_file() or not (path / SAFE_WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{path} has no {CONFIG_NAME} and {SAFE_WEIGHTS_NAME}; is it a saved dino.txt model?")
         config = DINOv3TextConfig.from_json_file(path / CONFIG_NAME)
         if overrides:
             config = DINOv3TextConfig.from_dict(config.to_dict(), **overrides)
-        model = _assemble(model_class, config, None, load_file(str(path / WEIGHTS_NAME)), str(path))
+        model = _assemble(model_class, config, None, load_file(str(path / SAFE_WEIGHTS_NAME)), str(path))
     elif path.is_file():
         if backbone is None:
             raise ValueError(
@@ -200,7 +201,7 @@ def load_dinotxt(
         model = _assemble(model_class, config, vision, ours, str(path))
     else:
         raise FileNotFoundError(f"{source}: no such dino.txt folder or checkpoint file")
-    return model.eval().to(device=None if device is None else resolve_device(device), dtype=dtype)
+    return model.eval().to(device=device, dtype=dtype)
 
 
 def save_dinotxt(model: nn.Module, folder: str | os.PathLike) -> Path:
@@ -210,7 +211,7 @@ def save_dinotxt(model: nn.Module, folder: str | os.PathLike) -> Path:
     config = DINOv3TextConfig.from_dict(model.config.to_dict(), vision_config=model.backbone.config.to_dict())
     config.extra.update(architectures=[type(model).__name__], dtype=str(model.dtype).removeprefix("torch."))
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    _write(folder / WEIGHTS_NAME, lambda temporary: save_file(state, str(temporary), metadata={"format": "pt"}))
+    _write(folder / SAFE_WEIGHTS_NAME, lambda temporary: save_file(state, str(temporary), metadata={"format": "pt"}))
     _write(folder / CONFIG_NAME, lambda temporary: temporary.write_text(config.to_json_string(), encoding="utf-8"))
     return folder
 
