@@ -363,7 +363,7 @@ def test_byte_limit_option(checkpoints, tmp_path, capsys):
                             "--max-bytes", "1K", "--workers", "0", "-q")
     assert code == 0 and "embedded 0 of 2 images" in out and "over the limit of 1024 bytes per file" in out
     code, _, err = run_main(capsys, "embed", PHOTOS, "-o", index, "--max-bytes", "lots")
-    assert code == 2 and "--max-bytes: a size must be a whole number of bytes" in err
+    assert code == 2 and "--max-bytes: a size must be a number of bytes" in err
 
 
 def test_indexes_record_their_model_and_refuse_another(checkpoints, tmp_path, capsys):
