@@ -13,7 +13,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from dinov3kit.tools import Embedder, ModelUnavailableError, contact_sheet, embed_images, pca_images, read_index, search_index
+from dinov3kit.tools import (
+    Embedder,
+    ModelUnavailableError,
+    contact_sheet,
+    embed_images,
+    pca_images,
+    read_index,
+    search_index,
+)
 
 PHOTOS = Path(__file__).resolve().parent / "photos"
 QUERY = PHOTOS / "cat.jpg"

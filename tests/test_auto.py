@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.oracles.convnext_twins import hf_convnext, meta_convnext_state_dict
+from tests.oracles.hf_twin import save_hf_vit
+from tests.oracles.meta_twin import meta_vit_state_dict
 
 from dinov3kit import (
     AutoBackbone,
@@ -25,9 +28,6 @@ from dinov3kit import (
     DINOv3ViTModel,
 )
 from dinov3kit.variants import SAT493M_MEAN
-from tests.oracles.convnext_twins import hf_convnext, meta_convnext_state_dict
-from tests.oracles.hf_twin import save_hf_vit
-from tests.oracles.meta_twin import meta_vit_state_dict
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,13 @@ from dinov3kit import (
 from dinov3kit.weights import save_meta_checkpoint
 from dinov3kit.weights.files import TensorFile
 from dinov3kit.weights.meta import infer_convnext_config
-from oracles.convnext_twins import TINY, hf_convnext, load_meta_into_timm_, meta_convnext_state_dict
-from oracles.convnext_twins import timm_convnext_from_meta
+from oracles.convnext_twins import (
+    TINY,
+    hf_convnext,
+    load_meta_into_timm_,
+    meta_convnext_state_dict,
+    timm_convnext_from_meta,
+)
 from oracles.meta_twin import LAYOUTS, meta_vit_state_dict
 from oracles.random_weights import perturbations
 
@@ -42,13 +47,7 @@ def nudged(tensor: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return tensor + 0.5 * tensor.abs().mean().clamp_min(0.1) * noise
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread runs them fastest, and is not stalled by a busy second core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

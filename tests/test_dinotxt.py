@@ -7,14 +7,14 @@ import json
 
 import pytest
 import torch
-from oracles.dinotxt_twin import DinoTxtTwin, meta_dinotxt_state_dict
-from oracles.meta_twin import meta_vit_state_dict, timm_vit_from_meta
-from oracles.random_weights import perturbations
 
 from dinov3kit import CheckpointError
 from dinov3kit.models.dinotxt import DINOv3TextConfig, DINOv3TextModel, swiglu_hidden
 from dinov3kit.text import default_tokenizer
 from dinov3kit.weights.dinotxt import META_RULES, meta_to_ours
+from oracles.dinotxt_twin import DinoTxtTwin, meta_dinotxt_state_dict
+from oracles.meta_twin import meta_vit_state_dict, timm_vit_from_meta
+from oracles.random_weights import perturbations
 
 ATOL = 1e-5
 TEXTS = ["a photo of a cat", "", "a red car " * 40, "emoji 🐱🚗 naïve café", "“quotes” &amp; <b>", "日本語"]

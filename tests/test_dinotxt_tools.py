@@ -12,27 +12,25 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
-from oracles.dinotxt_twin import meta_dinotxt_state_dict
-from oracles.meta_twin import meta_vit_state_dict
 from PIL import Image
 
-from dinov3kit.weights import placement
 from dinov3kit.cli import main
 from dinov3kit.images import load_image
 from dinov3kit.models.dinotxt import DINOv3TextModel
 from dinov3kit.text import default_tokenizer
 from dinov3kit.tools.store import read_index
 from dinov3kit.tools.text import (
-    BACKBONE_ENV,
-    NotATextModelError,
     PROMPT_TEMPLATES,
-    zero_shot_classify,
     encode_texts,
     label_embeddings,
-    load_text_model,
     search_text,
     segment_image,
+    zero_shot_classify,
 )
+from dinov3kit.tools.text_models import BACKBONE_ENV, NotATextModelError, load_text_model
+from dinov3kit.weights import placement
+from oracles.dinotxt_twin import meta_dinotxt_state_dict
+from oracles.meta_twin import meta_vit_state_dict
 
 PHOTOS = Path(__file__).resolve().parents[1] / "examples" / "photos"
 HEAD = "dinov3_vitl16_dinotxt_vision_head_and_text_encoder-00000000.pth"

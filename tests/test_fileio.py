@@ -90,12 +90,16 @@ def test_a_folder_destination_holding_an_input_is_refused(tmp_path):
     assert input_files(checkpoint) == [checkpoint / "model.safetensors"] and input_files("owner/hub-id") == []
 
 
-@pytest.mark.parametrize("text, value", [("1000", 1000), ("64K", 65536), ("256MB", 256 * 2**20), ("2g", 2 * 2**30), (7, 7)])
+@pytest.mark.parametrize(
+    "text, value",
+    [("1000", 1000), ("64K", 65536), ("256M", 256 * 2**20), ("2g", 2 * 2**30), (7, 7), ("2GiB", 2**31),
+     ("5GB", 5 * 10**9), (" 1.5 MB ", 1_500_000), ("1.5G", 3 * 2**29)],
+)  # fmt: skip
 def test_sizes(text, value):
     assert parse_size(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "lots", "-5", "0", "1.5G", "12T"])
+@pytest.mark.parametrize("text", ["", "lots", "-5", "0", "0.1", "12T", "5 GBs"])
 def test_bad_sizes_say_what_a_size_is(text):
     with pytest.raises(ValueError, match="a size must"):
         parse_size(text)

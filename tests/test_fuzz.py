@@ -69,11 +69,11 @@ def mutate_digits(data: bytes, rng: np.random.Generator) -> bytes:
 def build_cases(folder: Path, counts: dict[str, int], seed: int) -> list[dict]:
     """Write the fuzzed files under `folder` and return the cases that read them (the first case of
     each kind reads an intact file, so that a right result is checked too)."""
-    from oracles.meta_twin import meta_vit_state_dict
-    from oracles.random_weights import randomize_
     from PIL import Image
 
     from dinov3kit import DINOv3ViTConfig, DINOv3ViTModel
+    from oracles.meta_twin import meta_vit_state_dict
+    from oracles.random_weights import randomize_
 
     rng = np.random.default_rng(seed)
     cases: list[dict] = []
@@ -184,7 +184,7 @@ def run_cases(cases: list[dict], folder: Path) -> dict[str, dict]:
         process = subprocess.Popen([sys.executable, __file__, cases_file, str(start)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True, env=env, cwd=folder)
         lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(line) for line in process.stdout] + [lines.put(None)], daemon=True).start()
+        threading.Thread(target=lambda lines=lines, process=process: [lines.put(line) for line in process.stdout] + [lines.put(None)], daemon=True).start()
         current = None
         while True:
             try:

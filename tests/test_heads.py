@@ -11,21 +11,27 @@ from PIL import Image
 
 from dinov3kit.cli import main
 from dinov3kit.models.heads import imagenet1k_labels
-from dinov3kit.tools.heads import HeadMismatchError, classify_images, estimate_depth, load_depth_estimator, load_linear_classifier
-from oracles.heads_twin import MetaDeptherTwin, MetaDPTHeadTwin, MetaLinearClassifierTwin, meta_linear_head_state, randomize_dpt_state_
+from dinov3kit.tools.heads import (
+    HeadMismatchError,
+    classify_images,
+    estimate_depth,
+    load_depth_estimator,
+    load_linear_classifier,
+)
+from oracles.heads_twin import (
+    MetaDeptherTwin,
+    MetaDPTHeadTwin,
+    MetaLinearClassifierTwin,
+    meta_linear_head_state,
+    randomize_dpt_state_,
+)
 from oracles.meta_twin import meta_vit_state_dict, timm_vit_from_meta
 from oracles.random_weights import perturbations
 
 PHOTOS = Path(__file__).resolve().parents[1] / "examples" / "photos"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than on two cores shared with other test processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
+from tests.oracles.images import encode, exif_jpeg, http_server, photo, sixteen_bit_gray, special_images, with_alpha
 
 from dinov3kit.images import ImageLoadError, LoadedImages, load_image, load_images
-from tests.oracles.images import encode, exif_jpeg, http_server, photo, sixteen_bit_gray, special_images, with_alpha
 
 
 @pytest.fixture(scope="module")

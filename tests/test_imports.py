@@ -20,11 +20,13 @@ ROOT = "dinov3kit"
 #: Modules (or packages) that must not import the ones listed: data flows files → weights → models;
 #: pixels → processor → model → tools.
 FORBIDDEN = {
-    "dinov3kit.configs": ("dinov3kit.weights", "dinov3kit.models", "dinov3kit.pixels", "dinov3kit.auto"),
+    "dinov3kit.configs": ("dinov3kit.weights", "dinov3kit.models", "dinov3kit.pixels", "dinov3kit.auto", "dinov3kit.tools"),
     "dinov3kit.variants": ("dinov3kit.configs", "dinov3kit.weights", "dinov3kit.models"),
-    "dinov3kit.sources": ("dinov3kit.configs", "dinov3kit.weights", "dinov3kit.models", "dinov3kit.pixels"),
+    "dinov3kit.source": ("dinov3kit.configs", "dinov3kit.weights", "dinov3kit.models", "dinov3kit.pixels"),
     "dinov3kit.pixels": ("dinov3kit.models", "dinov3kit.auto", "dinov3kit.pipeline", "dinov3kit.tools"),
     "dinov3kit.weights": ("dinov3kit.models", "dinov3kit.quantize", "dinov3kit.auto", "dinov3kit.pixels", "dinov3kit.tools"),
+    "dinov3kit.models": ("dinov3kit.pixels", "dinov3kit.auto", "dinov3kit.pipeline", "dinov3kit.tools", "dinov3kit.serve"),
+    "dinov3kit.tools": ("dinov3kit.cli", "dinov3kit.serve"),
 }
 
 
@@ -116,23 +118,8 @@ def test_the_checker_finds_cycles_and_relative_imports(tmp_path):
     assert "dinov3kit.weights" in graph["dinov3kit.auto"]  # importing weights.loading runs weights/__init__
 
 
-#: Known cycle edges in code of other owners (merged just before this test), left out until fixed where
-#: they live; each must still exist, so the test says when one can go. models/dinotxt's from_pretrained
-#: imports weights/dinotxt, which imports the model; tools/runtime imports tools/text and tools/search
-#: (which import it back); tools/embed imports tools/ray_engine (which imports it back).
-KNOWN_CYCLE_EDGES = {
-    ("dinov3kit.models.dinotxt", "dinov3kit.weights.dinotxt"),
-    ("dinov3kit.tools.text", "dinov3kit.tools.runtime"),
-    ("dinov3kit.tools.search", "dinov3kit.tools.runtime"),
-    ("dinov3kit.tools.ray_engine", "dinov3kit.tools.embed"),
-}
-
-
 def test_no_import_cycles():
     graph = import_graph()
-    for source, target in KNOWN_CYCLE_EDGES:
-        assert target in graph[source], f"{source} → {target} is gone: remove it from KNOWN_CYCLE_EDGES"
-        graph[source] = graph[source] - {target}
     assert find_cycle(graph) is None, " → ".join(find_cycle(graph) or [])
 
 
@@ -140,18 +127,13 @@ def _owner(module: str) -> str | None:
     return next((prefix for prefix in sorted(FORBIDDEN, key=len, reverse=True) if _inside(module, prefix)), None)
 
 
-#: Known violations, each to be fixed where its code lives (strict: the test says when one is gone).
-KNOWN = {
-    "dinov3kit.weights": "weights/loading imports models/rope for rope_periods, which models/ (another owner) "
-    "should move below both",
-}
+def test_the_rules_name_existing_modules():
+    modules = set(import_graph())
+    named = {*FORBIDDEN, *(higher for highers in FORBIDDEN.values() for higher in highers)}
+    assert not sorted(name for name in named if name not in modules)
 
 
-@pytest.mark.parametrize(
-    "layer",
-    [pytest.param(layer, marks=pytest.mark.xfail(strict=True, reason=KNOWN[layer])) if layer in KNOWN else layer
-     for layer in sorted(FORBIDDEN)],
-)  # fmt: skip
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_lower_layers_do_not_import_higher_ones(layer):
     graph = import_graph()
     wrong = sorted(

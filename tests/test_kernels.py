@@ -105,10 +105,11 @@ def test_fused_silu_gate_matches_the_torch_ops(dtype):
 
 @pytest.mark.parametrize("gated", [False, True])
 def test_model_with_fused_kernels_matches_the_torch_path(monkeypatch, gated):
+    from tests.oracles.random_weights import randomize_
+
     from dinov3kit import DINOv3ViTConfig, DINOv3ViTModel
     from dinov3kit.backend import modules
     from dinov3kit.models import layers, vit
-    from tests.oracles.random_weights import randomize_
 
     config = DINOv3ViTConfig(
         hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, num_register_tokens=2,
@@ -149,8 +150,9 @@ def test_cpu_linear_gelu_matches_linear_then_gelu():
 
 
 def test_cpu_fused_mlp_keeps_model_parity(monkeypatch):
-    from dinov3kit import DINOv3ViTConfig, DINOv3ViTModel
     from tests.oracles.random_weights import randomize_
+
+    from dinov3kit import DINOv3ViTConfig, DINOv3ViTModel
 
     config = DINOv3ViTConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2)
     model = randomize_(DINOv3ViTModel(config).eval())

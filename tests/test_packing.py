@@ -1,4 +1,5 @@
 import gc
+import types
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -204,3 +205,22 @@ def test_small_bf16_products_use_a_onednn_pack_with_the_same_sums():
         many = torch.randn(packing.MAX_ROWS + 1, 32).bfloat16()
         cpu.linear(many, layer.weight, layer.bias)  # too many rows to pack for
     assert packed_weights.row_counts(layer.weight) == [10]
+
+
+def test_without_mkls_private_ops_products_are_the_same(monkeypatch):
+    layer = torch.nn.Linear(32, 48)
+    x = torch.randn(3, 7, 32)
+    with torch.inference_mode():
+        packed = cpu.linear(x, layer.weight, layer.bias)
+        assert len(packed_weights) == 1
+        packed_weights.release()
+        monkeypatch.setattr(torch.ops, "mkl", types.SimpleNamespace())  # a torch without MKL's packed products
+        packing.available.cache_clear()
+        try:
+            assert not packing.available()
+            plain = cpu.linear(x, layer.weight, layer.bias)
+            assert len(packed_weights) == 0
+        finally:
+            monkeypatch.undo()
+            packing.available.cache_clear()
+    torch.testing.assert_close(plain, packed, rtol=0, atol=1e-5)

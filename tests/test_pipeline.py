@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.oracles.convnext_twins import hf_convnext
+from tests.oracles.hf_twin import save_hf_vit
+from tests.oracles.images import encode, photo
 from transformers import DINOv3ViTImageProcessor as TransformersProcessor
 from transformers import pipeline as transformers_pipeline
 
@@ -16,9 +19,6 @@ import dinov3kit
 from dinov3kit import DINOv3ViTModel, ImageLoadError
 from dinov3kit.pipeline import ImageFeatureExtractionPipeline
 from dinov3kit.weights.placement import fast_dtype
-from tests.oracles.convnext_twins import hf_convnext
-from tests.oracles.hf_twin import save_hf_vit
-from tests.oracles.images import encode, photo
 
 TOLERANCE = 1e-4  # model outputs of magnitude ~1-10 after two blocks, float32
 

@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from dinov3kit.backend import pools
+from dinov3kit.backend import cpu, packing, pools
 from dinov3kit.backend.config import switches
 from dinov3kit.backend.pools import activation_pool as pool
 
@@ -112,3 +112,15 @@ def test_without_the_private_use_count_no_buffer_is_handed_out_twice(monkeypatch
 
 def test_empty_requests_give_empty_tensors():
     assert pool.empty((0, 7), torch.float32, CPU).shape == (0, 7)
+
+
+def test_without_the_private_use_count_products_are_the_same(monkeypatch):
+    layer = torch.nn.Linear(32, 48)
+    x = torch.randn(packing.MAX_ROWS + 1, 32)  # past the packed products: the output is pooled
+    with torch.inference_mode():
+        expected = [cpu.linear(x * k, layer.weight, layer.bias).clone() for k in (1, 2)]
+        monkeypatch.delattr(torch._C, "_storage_Use_Count")  # a torch without the private API
+        assert pools.storage_use_count(torch.empty(1).untyped_storage()) is None
+        kept = [cpu.linear(x * k, layer.weight, layer.bias) for k in (1, 2)]
+    assert kept[0].data_ptr() != kept[1].data_ptr()
+    assert all(torch.equal(got, want) for got, want in zip(kept, expected))

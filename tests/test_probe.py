@@ -21,13 +21,7 @@ from oracles.hf_twin import save_hf_vit
 CLASSES = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (50, 60, 210)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny problems run faster on one thread than on two cores shared with other test processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 def draw_image(colour: tuple[int, int, int], rng: np.random.Generator, size: int = 64) -> Image.Image:

@@ -10,7 +10,14 @@ import torch
 from PIL import Image
 
 from dinov3kit.cli import main
-from dinov3kit.tools.dense_probe import DenseHead, fit_dense_probe, median_filter_3x3, patch_fractions, predict_dense, read_mask
+from dinov3kit.tools.dense_probe import (
+    DenseHead,
+    fit_dense_probe,
+    median_filter_3x3,
+    patch_fractions,
+    predict_dense,
+    read_mask,
+)
 from dinov3kit.tools.probe import ProbeError
 from dinov3kit.tools.runtime import Embedder
 from oracles.hf_twin import save_hf_vit
@@ -18,12 +25,7 @@ from oracles.hf_twin import save_hf_vit
 WIDTH, HEIGHT = 160, 112
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 def scene(rng: np.random.Generator) -> tuple[Image.Image, np.ndarray]:

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tests.oracles.images import encode, photo, photos, sixteen_bit_gray, special_images
 from transformers import AutoImageProcessor as TransformersAuto
 from transformers import DINOv3ViTImageProcessor as TransformersProcessor
 
 from dinov3kit import DINOv3ViTConfig, DINOv3ViTImageProcessor, DINOv3ViTImageProcessorFast, ImageLoadError
 from dinov3kit.processing import BatchFeature, processor_for_model
 from dinov3kit.variants import IMAGENET_MEAN, IMAGENET_STD, SAT493M_MEAN, SAT493M_STD
-from tests.oracles.images import encode, photo, photos, sixteen_bit_gray, special_images
 
 TOLERANCE = 1e-5
 
@@ -169,9 +169,9 @@ def test_sixteen_bit_inputs_are_scaled_to_eight_bit(theirs, ours):
 
 
 def test_exif_orientation_of_pil_images_is_applied(ours):
-    from tests.oracles.images import exif_jpeg
-
     import io
+
+    from tests.oracles.images import exif_jpeg
 
     rotated = Image.open(io.BytesIO(exif_jpeg(photo("chelsea").resize((90, 60)), 6)))
     out = ours(rotated, do_resize=False, return_tensors="pt")["pixel_values"]

@@ -13,7 +13,6 @@ from skimage import data as photos  # noqa: E402
 from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig  # noqa: E402
 
 from dinov3kit import CheckpointError, DINOv3ConvNextConfig, DINOv3ConvNextModel, DINOv3ViTConfig, DINOv3ViTModel  # noqa: E402
-from dinov3kit.weights import save_meta_checkpoint  # noqa: E402
 from dinov3kit.processing import DINOv3ViTImageProcessor  # noqa: E402
 from dinov3kit.quantize import (  # noqa: E402
     QuantizationError,
@@ -22,6 +21,7 @@ from dinov3kit.quantize import (  # noqa: E402
     scheme_config,
     weights_nbytes,
 )
+from dinov3kit.weights import save_meta_checkpoint  # noqa: E402
 from oracles.hf_twin import save_hf_vit  # noqa: E402
 from oracles.random_weights import randomize_  # noqa: E402
 

@@ -32,3 +32,14 @@ def test_quick_start_runs(tmp_path):
         namespace: dict = {}
         exec(compile(code, str(README), "exec"), namespace)
     assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_layout_names_every_module_and_only_existing_ones():
+    block = re.search(r"## Layout\n\n```\n(.*?)```", README.read_text(), flags=re.S).group(1)
+    package = Path(__file__).parents[1] / "src" / "dinov3kit"
+    named = set(re.findall(r"\w+\.py|\b\w+/", block))
+    top_level = {p.name for p in package.glob("*.py") if p.name != "__init__.py"}
+    subpackages = {f"{p.parent.name}/" for p in package.glob("*/__init__.py")}
+    assert not sorted((top_level | subpackages) - named), "README's layout misses these"
+    modules = {p.name for p in package.rglob("*.py")}
+    assert not sorted(name for name in named if name.endswith(".py") and name not in modules), "no such modules"

@@ -21,7 +21,6 @@ from PIL import Image
 
 pytest.importorskip("fastapi", reason="the web extra is not installed")
 from fastapi.testclient import TestClient
-from oracles.hf_twin import save_hf_vit
 
 from dinov3kit import cli
 from dinov3kit.serve import cli as serve_cli
@@ -36,6 +35,7 @@ from dinov3kit.tools.runtime import Embedder
 from dinov3kit.tools.search import search_index
 from dinov3kit.tools.similarity import similarity_image
 from dinov3kit.tools.store import read_index
+from oracles.hf_twin import save_hf_vit
 
 PHOTOS = Path(__file__).resolve().parents[1] / "examples" / "photos"
 

@@ -15,13 +15,13 @@ pytest.importorskip("fastapi", reason="the web extra is not installed")
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
 import uvicorn
 from playwright.sync_api import expect
-from test_serve import Collection, shared_collection
 
 from dinov3kit.serve import cli as serve_cli
 from dinov3kit.serve.app import create_app
 from dinov3kit.serve.guards import LOOPBACK_NAMES
 from dinov3kit.tools.dedup import find_duplicates
 from dinov3kit.tools.store import read_index
+from test_serve import Collection, shared_collection
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

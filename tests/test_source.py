@@ -29,7 +29,7 @@ def test_local_sources(tmp_path):
     meta = resolve_source(pth)
     assert (meta.kind, meta.layout, meta.processor_file, meta.dataset) == ("file", "meta", None, None)
     with pytest.raises(CheckpointError, match="a Meta checkpoint has no config.json"):
-        meta.config_file
+        _ = meta.config_file
 
     plain = tmp_path / "plain"
     plain.mkdir()

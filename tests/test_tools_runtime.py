@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from dinov3kit.weights import placement
 from dinov3kit.tools.runtime import DEFAULT_MODEL, MODEL_ENV, model_source, pick_device, pick_dtype
+from dinov3kit.weights import placement
 
 
 def test_model_source_prefers_the_argument_then_the_environment(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from transformers import DINOv3ViTModel as HFModel
 from dinov3kit import CheckpointError, DINOv3ViTBackbone, DINOv3ViTConfig, DINOv3ViTModel
 from dinov3kit.fileio import SameFileError
 from dinov3kit.models.rope import rope_periods
-from dinov3kit.weights import save_meta_checkpoint
+from dinov3kit.weights import loading, save_meta_checkpoint
 from dinov3kit.weights.files import TensorFile
 from dinov3kit.weights.meta import infer_vit_config
 from oracles.hf_twin import save_hf_vit
@@ -97,6 +97,18 @@ def test_dtype_on_load(hf_folder, dtype):
     assert model.rope_periods.dtype == torch.float32
     with torch.no_grad():
         assert model(torch.randn(1, 3, 32, 32)).last_hidden_state.dtype == wanted
+
+
+def test_loading_leaves_the_thread_settings_alone(hf_folder, monkeypatch):
+    threads = torch.get_num_threads()
+
+    def refuse(count: int) -> None:
+        raise AssertionError(f"loading called torch.set_num_threads({count})")
+
+    monkeypatch.setattr(torch, "set_num_threads", refuse)
+    model = DINOv3ViTModel.from_pretrained(hf_folder[1], dtype=torch.bfloat16)
+    assert torch.get_num_threads() == threads
+    assert model.dtype == torch.bfloat16
 
 
 def test_auto_dtype_keeps_the_stored_dtype(hf_folder, tmp_path):
@@ -403,9 +415,7 @@ def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError, match="No space left"):
         save_meta_checkpoint(model, tmp_path / "m.pth")
-    import safetensors.torch
-
-    monkeypatch.setattr(safetensors.torch, "save_file", lambda tensors, destination, **kw: crash(tensors, destination))
+    monkeypatch.setattr(loading, "save_file", lambda tensors, destination, **kw: crash(tensors, destination))
     with pytest.raises(OSError, match="No space left"):
         model.save_pretrained(tmp_path / "hf")
     after = {path.name: path.read_bytes() for path in [tmp_path / "m.pth", *(tmp_path / "hf").iterdir()]}

@@ -2,17 +2,17 @@
 
 import importlib
 
-from .configs import DINOv3ConvNextConfig, DINOv3ViTConfig
-from .models.dinotxt import DINOv3TextConfig, DINOv3TextModel
+from .auto import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel
+from .configs import DINOv3ConvNextConfig, DINOv3TextConfig, DINOv3ViTConfig
+from .errors import CheckpointError
+from .export import export_onnx
 from .models.convnext import DINOv3ConvNextBackbone, DINOv3ConvNextModel, DINOv3ConvNextPreTrainedModel
+from .models.dinotxt import DINOv3TextModel
 from .models.outputs import BackboneOutput, BaseModelOutputWithPooling, ModelOutput
 from .models.vit import DINOv3ViTBackbone, DINOv3ViTModel, DINOv3ViTPreTrainedModel
-from .variants import CONVNEXT_VARIANTS, VIT_VARIANTS
-from .errors import CheckpointError
-from .auto import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel
 from .pipeline import pipeline
-from .export import export_onnx
 from .quantize import QuantizationError, quantize  # the function shadows the module name on purpose
+from .variants import CONVNEXT_VARIANTS, VIT_VARIANTS
 
 #: Names whose modules import PIL, loaded on first use so that `import dinov3kit` stays fast.
 _LAZY = {

@@ -11,14 +11,15 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from .fileio import MAX_BYTES_ENV, OutputLockedError, atomic_write, parse_size
 from .cli_heads import add_head_commands
 from .cli_text import add_text_commands, run_text_search
+from .fileio import MAX_BYTES_ENV, OutputLockedError, atomic_write, parse_size
 from .serve.cli import add_serve_command
-from .tools.runtime import DEFAULT_MODEL, DEFAULT_RESOLUTION, DTYPE_HELP, MODEL_ENV
+from .tools.devices import DTYPE_HELP
+from .tools.runtime import DEFAULT_MODEL, DEFAULT_RESOLUTION, MODEL_ENV
 
 DENSE_RESOLUTION = 768
 EXIT_ERROR = 2

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .tools.runtime import DTYPE_HELP
+from .tools.devices import DTYPE_HELP
 
 
 def add_head_commands(commands) -> None:
@@ -145,8 +145,8 @@ def _model_options(command: argparse.ArgumentParser, *, batches: bool, resolutio
 
 
 def run_probe_fit(args) -> int:
-    from .tools.probe import confusion_image, fit_probe
     from .fileio import atomic_write
+    from .tools.probe import confusion_image, fit_probe
 
     result = fit_probe(
         args.index, labels=args.labels, labels_from_folder=args.labels_from_folder, features=args.features,

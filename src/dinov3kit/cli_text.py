@@ -6,8 +6,8 @@ import csv
 import io
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def add_text_commands(commands, command: Callable) -> None:
@@ -59,7 +59,7 @@ def _templates(value: str):
 
 def _load(args):
     from .tools.runtime import model_source
-    from .tools.text import load_text_model
+    from .tools.text_models import load_text_model
 
     return load_text_model(model_source(args.model), device=args.device, dtype=args.dtype)
 
@@ -67,7 +67,8 @@ def _load(args):
 def run_text_search(args) -> int:
     """`dinov3kit search INDEX --text "a red car"`."""
     from .tools.store import read_index
-    from .tools.text import index_model, load_text_model, search_text
+    from .tools.text import index_model, search_text
+    from .tools.text_models import load_text_model
 
     if args.queries:
         raise ValueError("give either QUERY images/rows or --text, not both")
@@ -87,7 +88,7 @@ def run_text_search(args) -> int:
 
 def run_classify(args) -> int:
     from .tools.sources import collect_images
-    from .tools.text import zero_shot_classify, parse_labels
+    from .tools.text import parse_labels, zero_shot_classify
 
     if getattr(args, "head", None) is not None:
         raise ValueError("--head (Meta's linear ImageNet head) and --labels (dino.txt zero-shot) exclude each other")
@@ -102,7 +103,7 @@ def run_classify(args) -> int:
     if args.format == "json":
         text = json.dumps([r.to_dict() for r in results], indent=2) + "\n"
     else:
-        rows = [[r.path, r.label or "", *(f"{r.probabilities[l]:.4f}" if r.probabilities else "" for l in labels), r.error or ""] for r in results]
+        rows = [[r.path, r.label or "", *(f"{r.probabilities[label]:.4f}" if r.probabilities else "" for label in labels), r.error or ""] for r in results]
         headers = ["path", "label", *labels, "error"]
         if args.format == "csv":
             buffer = io.StringIO()

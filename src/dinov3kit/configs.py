@@ -70,7 +70,7 @@ def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"config field {name}={value!r}: expected one of {list(allowed)}")
 
 
-def check_parameter_count(config: "BaseConfig", count: int) -> None:
+def check_parameter_count(config: BaseConfig, count: int) -> None:
     if count > MAX_PARAMETERS:
         raise ConfigError(
             f"this config describes a model of about {count:.3g} parameters, over the {MAX_PARAMETERS:.0e} cap "
@@ -126,7 +126,7 @@ class BaseConfig:
 
     # --- JSON --------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: dict[str, Any], **overrides: Any) -> "BaseConfig":
+    def from_dict(cls, data: dict[str, Any], **overrides: Any) -> BaseConfig:
         data = {**data, **overrides}
         declared = data.get("model_type", cls.model_type)
         if declared != cls.model_type:
@@ -147,7 +147,7 @@ class BaseConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json_file(cls, path: str | os.PathLike) -> "BaseConfig":
+    def from_json_file(cls, path: str | os.PathLike) -> BaseConfig:
         with open(path, encoding="utf-8") as handle:
             return cls.from_dict(json.load(handle))
 
@@ -158,7 +158,7 @@ class BaseConfig:
         return path
 
     @classmethod
-    def from_pretrained(cls, source: str | os.PathLike | Source, **overrides: Any) -> "BaseConfig":
+    def from_pretrained(cls, source: str | os.PathLike | Source, **overrides: Any) -> BaseConfig:
         """Read the config of a local folder, a `config.json` path or a hub id (`AutoConfig` also infers
         the config of a Meta `.pth` checkpoint)."""
         return cls.from_dict(resolve_source(source).config_data(), **overrides)
@@ -205,7 +205,7 @@ class BaseConfig:
                 what = "stage names" if kind is str else "integers"
                 raise ConfigError(f"config field {name}={value!r}: expected a list of {what}")
 
-    def copy(self, **changes: Any) -> "BaseConfig":
+    def copy(self, **changes: Any) -> BaseConfig:
         data = self.to_dict()
         if "out_indices" in changes or "out_features" in changes:
             data["out_indices"] = data["out_features"] = None
@@ -302,7 +302,7 @@ class DINOv3ViTConfig(BaseConfig):
         return ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "DINOv3ViTConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> DINOv3ViTConfig:
         """Config of a released variant: vits16, vits16plus, vitb16, vitl16, vitl16plus, vith16plus, vit7b16."""
         key = name.removeprefix("dinov3_").replace("-", "").replace("_", "").lower()
         if key not in VIT_VARIANTS:
@@ -398,7 +398,7 @@ class DINOv3ConvNextConfig(BaseConfig):
         return 1
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "DINOv3ConvNextConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> DINOv3ConvNextConfig:
         """Config of a released variant: tiny, small, base, large (also "convnext_tiny", "dinov3_convnext_tiny")."""
         key = name.lower().removeprefix("dinov3").strip("_-").removeprefix("convnext").strip("_-")
         if key not in CONVNEXT_VARIANTS:
@@ -407,4 +407,64 @@ class DINOv3ConvNextConfig(BaseConfig):
 
 
 #: model_type → config class.
+#: SwiGLU hidden widths of the vision head are rounded up to a multiple of this (Meta: `align_to=64`).
+HEAD_MLP_ALIGN = 64
+
+
+def swiglu_hidden(dim: int, ratio: float, align: int = HEAD_MLP_ALIGN) -> int:
+    """Meta's SwiGLU width: two thirds of `dim * ratio`, rounded up to `align` (ViT-L: 4096 -> 2752)."""
+    hidden = int(int(dim * ratio) * 2 / 3)
+    return hidden + (-hidden % align)
+
+
+@dataclass
+class DINOv3TextConfig(BaseConfig):
+    """Configuration of a dino.txt model; defaults are the released `dinov3_vitl16_dinotxt_tet1280d20h24l`."""
+
+    model_type: ClassVar[str] = "dinov3_dinotxt"
+
+    vision_config: dict[str, Any] = field(default_factory=lambda: DINOv3ViTConfig.from_preset("vitl16").to_dict())
+    projection_dim: int = 2048
+    vision_head_layers: int = 2
+    vision_head_mlp_ratio: float = 4.0
+    vision_head_layerscale_value: float = 1e-5
+    vision_use_class_token: bool = True
+    vision_use_patch_tokens: bool = True
+    text_vocab_size: int = 49408
+    text_context_length: int = 77
+    text_hidden_size: int = 1280
+    text_num_attention_heads: int = 20
+    text_num_hidden_layers: int = 24
+    text_mlp_ratio: float = 4.0
+    layer_norm_eps: float = 1e-5
+    logit_scale_init_value: float = math.log(1 / 0.07)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.vision_config, DINOv3ViTConfig):
+            self.vision_config = self.vision_config.to_dict()
+        if not (self.vision_use_class_token or self.vision_use_patch_tokens):
+            raise ValueError("the image embedding needs the class token, the patch tokens or both")
+        if self.text_hidden_size % self.text_num_attention_heads:
+            raise ValueError(
+                f"text_hidden_size {self.text_hidden_size} is not divisible by "
+                f"text_num_attention_heads {self.text_num_attention_heads}"
+            )
+        parts = int(self.vision_use_class_token) + int(self.vision_use_patch_tokens)
+        if self.projection_dim % parts:
+            raise ValueError(f"projection_dim {self.projection_dim} must split into {parts} equal parts")
+
+    @property
+    def vision(self) -> DINOv3ViTConfig:
+        return DINOv3ViTConfig.from_dict(self.vision_config)
+
+    @property
+    def patch_dim(self) -> int:
+        """Width of one part of the image embedding (a head patch token after the optional projection)."""
+        return self.projection_dim // (int(self.vision_use_class_token) + int(self.vision_use_patch_tokens))
+
+    @property
+    def stage_names(self) -> list[str]:
+        return []
+
+
 CONFIG_CLASSES: dict[str, type[BaseConfig]] = {cls.model_type: cls for cls in (DINOv3ViTConfig, DINOv3ConvNextConfig)}

@@ -10,7 +10,6 @@ inside the graph, so one file serves every resolution. Needs the `onnx` extra:
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import tempfile
 from collections.abc import Iterable
@@ -20,14 +19,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .auto import AutoModel
 from .fileio import atomic_write, input_files, refuse_overwriting_sources
+from .optional import require
+from .quantize import is_quantized, suppressed_log_messages
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAMES = ("last_hidden_state", "pooler_output")
 DEFAULT_OPSET = 18
 #: Weights beyond this size go to a `<file>.data` file beside the graph (protobuf files stop at 2 GiB).
 EXTERNAL_DATA_BYTES = 1 << 30
-INSTALL_HINT = "install it with: pip install 'dinov3kit[onnx]'"
 #: (batch, height, width) at which `export_pretrained` compares onnxruntime with torch by default.
 CHECK_SHAPES = ((1, 224, 224), (2, 320, 480))
 
@@ -43,14 +44,6 @@ class FeatureGraph(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         output = self.model(pixel_values)
         return output.last_hidden_state, output.pooler_output
-
-
-def require(module: str):
-    """Import an optional package of the `onnx` extra, or say how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise ImportError(f"ONNX export needs the optional package {module!r}; {INSTALL_HINT}") from error
 
 
 def export_onnx(
@@ -70,7 +63,7 @@ def export_onnx(
     """
     _check_exportable(model)
     for module in ("onnx", "onnxscript"):
-        require(module)
+        require(module, "ONNX export")
     path = Path(path)
     with atomic_write(path) as temporary, tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as staging:
         staged = Path(staging) / path.name
@@ -120,7 +113,6 @@ def eval_mode(model: nn.Module):
 
 
 def _check_exportable(model: nn.Module) -> None:
-    from .quantize import is_quantized
 
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "patch_size") or not hasattr(model, "encode"):
@@ -137,9 +129,8 @@ def _check_exportable(model: nn.Module) -> None:
 def quantize_onnx(path: str | os.PathLike, output: str | os.PathLike) -> Path:
     """Write an int8 copy of an exported graph: int8 weights for every MatMul, activations quantized on the
     fly by onnxruntime (its VNNI / AMX kernels make this the fast int8 path on x86 CPUs)."""
-    quantization = require("onnxruntime.quantization")
+    quantization = require("onnxruntime.quantization", "ONNX quantization")
     output = Path(output)
-    from .quantize import suppressed_log_messages
 
     with suppressed_log_messages("", "pre-processing before quantization"):  # advice our graphs do not need
         with atomic_write(output, sources=[path]) as temporary:
@@ -149,7 +140,7 @@ def quantize_onnx(path: str | os.PathLike, output: str | os.PathLike) -> Path:
 
 def onnx_session(path: str | os.PathLike, threads: int | None = None):
     """An onnxruntime CPU session for an exported file."""
-    ort = require("onnxruntime")
+    ort = require("onnxruntime", "checking an ONNX export")
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -196,7 +187,6 @@ def export_pretrained(
 ) -> ExportResult:
     """`dinov3kit export`: load a checkpoint (hub id, transformers folder or Meta `.pth`; ViT or ConvNeXt)
     in float32, write it to ONNX, and with `check` compare onnxruntime against torch at `CHECK_SHAPES`."""
-    from .auto import AutoModel
 
     refuse_overwriting_sources(path, input_files(source))
     model = AutoModel.from_pretrained(source, dtype=torch.float32)

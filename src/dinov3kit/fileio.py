@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 try:
     import fcntl
@@ -34,7 +35,12 @@ PathLike = str | os.PathLike
 #: Bytes read from one input file at most, unless told otherwise (`--max-bytes`, `$DINOV3KIT_MAX_BYTES`).
 DEFAULT_MAX_BYTES = 256 * 2**20
 MAX_BYTES_ENV = "DINOV3KIT_MAX_BYTES"
-_SIZE_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "M": 2**20, "MB": 2**20, "G": 2**30, "GB": 2**30}
+#: Size units: K, M, G and KiB, MiB, GiB are binary; KB, MB, GB decimal, as transformers reads "5GB".
+_SIZE_UNITS = {
+    "": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
+    "KB": 10**3, "MB": 10**6, "GB": 10**9,
+}  # fmt: skip
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Z]*)\s*")
 _FILE_KINDS = {
     stat.S_IFIFO: "a named pipe (FIFO)",
     stat.S_IFCHR: "a character device",
@@ -56,18 +62,21 @@ class FileRefusedError(OSError):
     """An input that is not read: not a regular file, or larger than the byte limit."""
 
 
-def parse_size(text: str | int) -> int:
-    """A byte count from `1000`, `64K`, `256MB`, `2G` (binary units); raises ValueError otherwise."""
+def parse_size(text: str | int, *, minimum: int = 1) -> int:
+    """A byte count from `1000`, `64K`, `256M`, `2GiB` (binary) or `5GB`, `1.5 MB` (decimal, as in
+    transformers' `max_shard_size`), at least `minimum`; raises ValueError otherwise."""
     if isinstance(text, int):
         value = text
     else:
-        number = str(text).strip().upper()
-        unit = number.lstrip("0123456789")
-        if not number[: len(number) - len(unit)] or unit not in _SIZE_UNITS:
-            raise ValueError(f"a size must be a whole number of bytes, optionally with K, M or G (e.g. 256M); got {text!r}")
-        value = int(number[: len(number) - len(unit)]) * _SIZE_UNITS[unit]
-    if value < 1:
-        raise ValueError(f"a size must be at least 1 byte, got {text!r}")
+        match = _SIZE.fullmatch(str(text).upper())
+        if not match or match.group(2) not in _SIZE_UNITS:
+            raise ValueError(
+                f"a size must be a number of bytes, optionally with K, M, G (binary), KiB, MiB, GiB or KB, MB, GB "
+                f"(decimal), e.g. 256M or 5GB; got {text!r}"
+            )
+        value = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    if value < minimum:
+        raise ValueError(f"a size must be at least {minimum} byte{'s' * (minimum != 1)}, got {text!r}")
     return value
 
 
@@ -244,7 +253,7 @@ class OutputLock:
         self.path = lock_path(self.output)
         self._handle = None
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self) -> OutputLock:
         if fcntl is None:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -271,7 +280,7 @@ class OutputLock:
             self._handle.close()
             self._handle = None
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         return self.acquire()
 
     def __exit__(self, *exc_info: object) -> None:

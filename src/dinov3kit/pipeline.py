@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .auto import HUB_KEYS, AutoImageProcessor, AutoModel, source_of
+from .optional import require
 from .pixels import DEFAULT_TIMEOUT
 from .source import Source
 from .weights.placement import resolve_device, resolve_dtype
@@ -44,7 +46,7 @@ def pipeline(
     progress: bool = False,
     torch_dtype: torch.dtype | str | None = None,
     **model_kwargs: Any,
-) -> "ImageFeatureExtractionPipeline":
+) -> ImageFeatureExtractionPipeline:
     """Build the pipeline for `model`: a hub id, a folder, a Meta `.pth` file, a resolved `Source`, or a
     model instance.
 
@@ -126,7 +128,7 @@ class ImageFeatureExtractionPipeline:
             progress=progress,
         )
         #: Errors (each with its input `index`) of the inputs skipped by the last call.
-        self.skipped: list["ImageLoadError"] = []
+        self.skipped: list[ImageLoadError] = []
 
     @property
     def device(self) -> torch.device:
@@ -216,6 +218,4 @@ def _is_batch(images: Any) -> bool:
 def _progress(items: list[Any], enabled: bool) -> Iterable[Any]:
     if not enabled:
         return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc="images", unit="img")
+    return require("tqdm.auto", "a progress bar").tqdm(items, desc="images", unit="img")

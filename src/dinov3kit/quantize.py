@@ -17,7 +17,6 @@ Schemes:
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -25,9 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .optional import require
+
 SCHEMES = ("int8", "int8-dynamic", "int4", "fp8")
 DEFAULT_INT4_GROUP_SIZE = 128
-INSTALL_HINT = "install it with: pip install 'dinov3kit[quantization]' (torchao 0.18 for torch 2.14)"
 
 
 class QuantizationError(RuntimeError):
@@ -36,12 +36,9 @@ class QuantizationError(RuntimeError):
 
 def require_torchao():
     """The `torchao.quantization` module, or an error saying how to install it."""
-    try:
-        # torchao 0.18 registers enums that torch 2.14 warns about (a deprecation that is not the user's)
-        with suppressed_log_messages("torch.utils._pytree", "is an Enum subclass and is now natively supported"):
-            return importlib.import_module("torchao.quantization")
-    except ImportError as error:
-        raise ImportError(f"quantization needs the optional package 'torchao'; {INSTALL_HINT}") from error
+    # torchao 0.18 registers enums that torch 2.14 warns about (a deprecation that is not the user's)
+    with suppressed_log_messages("torch.utils._pytree", "is an Enum subclass and is now natively supported"):
+        return require("torchao.quantization", "quantization", note=" (torchao 0.18 for torch 2.14)")
 
 
 @contextlib.contextmanager

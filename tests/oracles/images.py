@@ -8,8 +8,8 @@ import http.server
 import io
 import threading
 import time
-from functools import lru_cache
-from typing import Iterator
+from collections.abc import Iterator
+from functools import cache
 
 import numpy as np
 from PIL import Image
@@ -17,7 +17,7 @@ from PIL import Image
 PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _photo_pixels(name: str) -> np.ndarray:
     from skimage import data
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 
 def _env_int(name: str, default: int) -> int:
@@ -42,7 +43,7 @@ class Switches:
     activation_pool_bytes: int = 512 << 20
 
     @classmethod
-    def from_environment(cls) -> "Switches":
+    def from_environment(cls) -> Switches:
         return cls(
             fused_kernels=os.environ.get("DINOV3KIT_FUSED_KERNELS", "1").strip() != "0",
             packed_weights_bytes=_env_int("DINOV3KIT_PACKED_WEIGHTS_MB", 512) << 20,

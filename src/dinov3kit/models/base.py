@@ -4,11 +4,16 @@ transformers-style `from_pretrained` / `save_pretrained` entry points (which del
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from ..quantize import quantize
+from ..source import HubOptions
+from ..weights.loading import load_model, save_model
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
@@ -98,8 +103,6 @@ class PreTrainedModel(nn.Module):
         config, a transformers `TorchAoConfig` or a `dinov3kit.quantize` scheme name ("int8", "int4", ...)
         applied to the loaded weights.
         """
-        from ..weights.loading import load_model
-        from ..weights.resolve import HubOptions
 
         model = load_model(
             cls,
@@ -114,14 +117,12 @@ class PreTrainedModel(nn.Module):
             config_overrides=config_overrides,
         )
         if quantization_config is not None:
-            from ..quantize import quantize
 
             quantize(model, quantization_config)
         return model
 
     def save_pretrained(self, folder: str | os.PathLike, *, max_shard_size: int | str = "5GB") -> Path:
         """Write `config.json` and `model.safetensors` (sharded beyond `max_shard_size`) that transformers loads."""
-        from ..weights.loading import save_model
 
         return save_model(self, folder, max_shard_size=max_shard_size)
 

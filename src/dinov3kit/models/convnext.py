@@ -8,7 +8,7 @@ do not fill a stride are cropped, as by transformers and Meta.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

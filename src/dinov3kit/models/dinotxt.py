@@ -11,80 +11,22 @@ Shapes: B images, T texts, L context, N tokens, D width, h x w patches.
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..configs import BaseConfig, DINOv3ViTConfig
+from ..configs import DINOv3TextConfig as DINOv3TextConfig  # re-exported: the config lives with the others
+from ..configs import swiglu_hidden
+from ..weights.dinotxt import load_dinotxt, save_dinotxt
 from .base import PreTrainedModel
 from .layers import LayerNorm, LayerScale, Mlp
 from .outputs import ModelOutput
 from .vit import DINOv3ViTModel
-
-#: SwiGLU hidden widths of the vision head are rounded up to a multiple of this (Meta: `align_to=64`).
-HEAD_MLP_ALIGN = 64
-
-
-def swiglu_hidden(dim: int, ratio: float, align: int = HEAD_MLP_ALIGN) -> int:
-    """Meta's SwiGLU width: two thirds of `dim * ratio`, rounded up to `align` (ViT-L: 4096 -> 2752)."""
-    hidden = int(int(dim * ratio) * 2 / 3)
-    return hidden + (-hidden % align)
-
-
-@dataclass
-class DINOv3TextConfig(BaseConfig):
-    """Configuration of a dino.txt model; defaults are the released `dinov3_vitl16_dinotxt_tet1280d20h24l`."""
-
-    model_type: ClassVar[str] = "dinov3_dinotxt"
-
-    vision_config: dict[str, Any] = field(default_factory=lambda: DINOv3ViTConfig.from_preset("vitl16").to_dict())
-    projection_dim: int = 2048
-    vision_head_layers: int = 2
-    vision_head_mlp_ratio: float = 4.0
-    vision_head_layerscale_value: float = 1e-5
-    vision_use_class_token: bool = True
-    vision_use_patch_tokens: bool = True
-    text_vocab_size: int = 49408
-    text_context_length: int = 77
-    text_hidden_size: int = 1280
-    text_num_attention_heads: int = 20
-    text_num_hidden_layers: int = 24
-    text_mlp_ratio: float = 4.0
-    layer_norm_eps: float = 1e-5
-    logit_scale_init_value: float = math.log(1 / 0.07)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.vision_config, DINOv3ViTConfig):
-            self.vision_config = self.vision_config.to_dict()
-        if not (self.vision_use_class_token or self.vision_use_patch_tokens):
-            raise ValueError("the image embedding needs the class token, the patch tokens or both")
-        if self.text_hidden_size % self.text_num_attention_heads:
-            raise ValueError(
-                f"text_hidden_size {self.text_hidden_size} is not divisible by "
-                f"text_num_attention_heads {self.text_num_attention_heads}"
-            )
-        parts = int(self.vision_use_class_token) + int(self.vision_use_patch_tokens)
-        if self.projection_dim % parts:
-            raise ValueError(f"projection_dim {self.projection_dim} must split into {parts} equal parts")
-
-    @property
-    def vision(self) -> DINOv3ViTConfig:
-        return DINOv3ViTConfig.from_dict(self.vision_config)
-
-    @property
-    def patch_dim(self) -> int:
-        """Width of one part of the image embedding (a head patch token after the optional projection)."""
-        return self.projection_dim // (int(self.vision_use_class_token) + int(self.vision_use_patch_tokens))
-
-    @property
-    def stage_names(self) -> list[str]:
-        return []
 
 
 @dataclass
@@ -197,6 +139,7 @@ class DINOv3TextModel(PreTrainedModel):
     """
 
     config_class = DINOv3TextConfig
+    backbone_class = DINOv3ViTModel
     main_input_name = "pixel_values"
 
     def __init__(self, config: DINOv3TextConfig, backbone: DINOv3ViTModel | None = None) -> None:
@@ -302,16 +245,12 @@ class DINOv3TextModel(PreTrainedModel):
         dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
         **config_overrides: Any,
-    ) -> "DINOv3TextModel":
+    ) -> DINOv3TextModel:
         """A folder written by `save_pretrained`, or Meta's `..._dinotxt_vision_head_and_text_encoder-*.pth`
         with `backbone` (Meta's ViT-L/16 `.pth`, any source `DINOv3ViTModel.from_pretrained` reads, or a
         loaded model). Config fields given as keywords override the stored or inferred ones."""
-        from ..weights.dinotxt import load_dinotxt
-
-        return load_dinotxt(source, backbone=backbone, dtype=dtype, device=device, overrides=config_overrides)
+        return load_dinotxt(cls, source, backbone=backbone, dtype=dtype, device=device, overrides=config_overrides)
 
     def save_pretrained(self, folder: str | os.PathLike, **_: Any) -> Path:
         """Write `config.json` (with the backbone's config) and `model.safetensors` (all weights)."""
-        from ..weights.dinotxt import save_dinotxt
-
         return save_dinotxt(self, folder)

@@ -40,7 +40,7 @@ class ImageLoadError(ValueError):
     def __reduce__(self):
         return type(self), (self.source, self.reason, self.index)
 
-    def at(self, index: int) -> "ImageLoadError":
+    def at(self, index: int) -> ImageLoadError:
         """The same error, naming the input's position in a batch."""
         return type(self)(self.source, self.reason, index)
 

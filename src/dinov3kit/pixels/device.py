@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from .load import load_image
 from .ops import center_crop, rescale_and_normalize
 from .options import standardize, validate
 from .resize import filter_taps
@@ -73,7 +74,6 @@ def _has_nvjpeg() -> bool:
 
 def cpu_decode(data: bytes) -> torch.Tensor:
     """The CPU loader's pixels of encoded `data`: `load_image` (upright RGB), as a contiguous uint8 [3, H, W]."""
-    from .load import load_image
 
     return pil_to_tensor(load_image(data), None).contiguous()
 

@@ -13,7 +13,8 @@ arrays read as [0, 1] when their maximum is at most 1, else as [0, 255].
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch

@@ -3,9 +3,11 @@ and normalize, padding, grouping and batching."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
+
 
 def center_crop(image: torch.Tensor, crop_height: int, crop_width: int) -> torch.Tensor:
     """transformers' center crop: zero-pad (centred) where the crop is larger than the image, then crop."""

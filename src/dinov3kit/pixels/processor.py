@@ -66,7 +66,7 @@ class BatchFeature(dict):
         except KeyError:
             raise AttributeError(name) from None
 
-    def to(self, *args: Any, **kwargs: Any) -> "BatchFeature":
+    def to(self, *args: Any, **kwargs: Any) -> BatchFeature:
         """Move tensors (`.to("cuda")`) and/or cast floating ones (`.to(torch.bfloat16)`)."""
         device = kwargs.get("device", next((a for a in args if not isinstance(a, torch.dtype)), None))
 
@@ -235,11 +235,11 @@ class DINOv3ViTImageProcessor:
         return [path]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], **overrides: Any) -> "DINOv3ViTImageProcessor":
+    def from_dict(cls, data: dict[str, Any], **overrides: Any) -> DINOv3ViTImageProcessor:
         return cls(**{**data, **overrides})
 
     @classmethod
-    def from_json_file(cls, path: str | os.PathLike) -> "DINOv3ViTImageProcessor":
+    def from_json_file(cls, path: str | os.PathLike) -> DINOv3ViTImageProcessor:
         return cls.from_dict(_read_processor_json(Path(path)))
 
     @classmethod
@@ -252,7 +252,7 @@ class DINOv3ViTImageProcessor:
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool | None = None,
         **overrides: Any,
-    ) -> "DINOv3ViTImageProcessor":
+    ) -> DINOv3ViTImageProcessor:
         """The processor of a hub id, a folder, a `preprocessor_config.json`, or a Meta `.pth` file.
 
         Without a processor config (a folder saved by `model.save_pretrained`, a Meta checkpoint), the
@@ -279,7 +279,7 @@ class DINOv3ViTImageProcessor:
         return processor
 
     @classmethod
-    def for_model(cls, model_or_config: Any, **overrides: Any) -> "DINOv3ViTImageProcessor":
+    def for_model(cls, model_or_config: Any, **overrides: Any) -> DINOv3ViTImageProcessor:
         return processor_for_model(model_or_config, **overrides)
 
     def __repr__(self) -> str:

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..scratch import scratch
+
 
 def _triangle(x: np.ndarray, real: type) -> np.ndarray:
     x = np.abs(x)

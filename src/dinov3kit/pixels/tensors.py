@@ -16,6 +16,7 @@ from .decode import ImageLoadError, checked, describe
 from .pillow import raw_pixels, rgbx_view
 from .rgb import WIDE_MODES, as_chw, from_numpy, pil_to_rgb, scale_sixteen_bit, to_rgb_channels, upright, wide_pixels
 
+
 def flatten(images: Any) -> list[Any]:
     """A flat list of single images (transformers' `make_flat_list_of_images`, plus paths, bytes, URLs)."""
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:

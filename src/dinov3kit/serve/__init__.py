@@ -9,21 +9,16 @@ lives in `static/` and needs no build step and no network; the JSON API is docum
 
 from __future__ import annotations
 
-import importlib
+from ..optional import require
 
-#: Module → the package that provides it.
-WEB_PACKAGES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "python_multipart": "python-multipart"}
+#: The modules of the web extra.
+WEB_MODULES = ("fastapi", "uvicorn", "python_multipart")
 
 
 def require_web() -> None:
-    """Raise an ImportError naming the extra to install when a web package is missing."""
-    for module, package in WEB_PACKAGES.items():
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            raise ImportError(
-                f"`dinov3kit serve` needs the optional package {package!r}; install it with: pip install 'dinov3kit[web]'"
-            ) from error
+    """Raise an ImportError naming the package and the extra to install when a web package is missing."""
+    for module in WEB_MODULES:
+        require(module, "`dinov3kit serve`")
 
 
 def __getattr__(name: str):

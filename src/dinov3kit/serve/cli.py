@@ -8,7 +8,8 @@ import socket
 import sys
 from pathlib import Path
 
-from ..tools.runtime import DTYPE_HELP, MODEL_ENV
+from ..tools.devices import DTYPE_HELP
+from ..tools.runtime import MODEL_ENV
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000

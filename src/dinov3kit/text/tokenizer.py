@@ -13,10 +13,12 @@ from __future__ import annotations
 import functools
 import gzip
 import html
+from collections.abc import Sequence
 from importlib import resources
-from typing import Sequence
 
 import torch
+
+from ..optional import require
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 #: Merges used by CLIP: the vocabulary holds 256 bytes, 256 word-final bytes, the merges and 2 specials.
@@ -29,14 +31,7 @@ WORD_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p
 
 def _text_deps():
     """ftfy and regex, with an install hint when missing (the `text` extra)."""
-    try:
-        import ftfy
-        import regex
-    except ImportError as error:
-        raise ImportError(
-            f"the dino.txt tokenizer needs {error.name!r}: pip install 'dinov3kit[text]' (ftfy and regex)"
-        ) from error
-    return ftfy, regex
+    return require("ftfy", "the dino.txt tokenizer"), require("regex", "the dino.txt tokenizer")
 
 
 @functools.cache

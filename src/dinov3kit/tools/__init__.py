@@ -15,9 +15,9 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "BadImageError": "embed",
+    "BadImageError": "embed_common",
     "DuplicateGroup": "dedup",
-    "EmbedSummary": "embed",
+    "EmbedSummary": "embed_common",
     "Embedder": "runtime",
     "Index": "store",
     "IndexFileError": "store",
@@ -31,7 +31,7 @@ _EXPORTS = {
     "describe_model": "checkpoints",
     "embed_images": "embed",
     "find_duplicates": "dedup",
-    "load_text_model": "text",
+    "load_text_model": "text_models",
     "pca_images": "pca",
     "read_index": "store",
     "search_index": "search",

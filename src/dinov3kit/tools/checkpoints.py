@@ -11,7 +11,7 @@ from ..fileio import atomic_write, input_files, refuse_overwriting_sources
 from ..processing import processor_for_model
 from ..variants import NORMALIZATION, find_vit_variant
 from ..weights import save_meta_checkpoint
-from .runtime import load_model, model_source
+from .runtime import load_image_model, model_source
 
 META_SUFFIXES = (".pth", ".pt")
 
@@ -30,13 +30,13 @@ def convert_checkpoint(source: str | os.PathLike, destination: str | os.PathLike
     if destination.suffix in META_SUFFIXES:
         if destination.is_dir():
             raise ValueError(f"{destination}: a folder; name the .pth file to write, or a folder without a .pth suffix")
-        model = load_model(source, torch.device("cpu"), None)
+        model = load_image_model(source, torch.device("cpu"), None)
         with atomic_write(destination, sources=sources) as temporary:
             save_meta_checkpoint(model, temporary)
         return destination
     if destination.exists() and not destination.is_dir():
         raise ValueError(f"{destination}: exists and is not a folder; a transformers checkpoint is a folder (or name a .pth file)")
-    model = load_model(source, torch.device("cpu"), None)
+    model = load_image_model(source, torch.device("cpu"), None)
     return model.save_pretrained(destination)
 
 
@@ -46,7 +46,7 @@ def describe_model(source: str | os.PathLike | None = None) -> dict:
     The weights are read but not kept (they go to the meta device), so this is cheap in memory.
     """
     source = model_source(source)
-    model = load_model(source, torch.device("meta"), None)
+    model = load_image_model(source, torch.device("meta"), None)
     config = model.config
     processor = processor_for_model(config)
     mean, std = tuple(processor.image_mean), tuple(processor.image_std)

@@ -17,18 +17,23 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import save_file
 
+from ..fileio import atomic_write
+from ..images import ImageLoadError, load_image
+from ..optional import require
 from . import probe_math as pm
-from .deps import require
 from .probe import METADATA_KEY, ProbeError, load_head_file
+from .runtime import Embedder
+from .sources import collect_images
 
 IGNORE = 255
 PURITY = 0.99
@@ -103,9 +108,7 @@ class DenseHead:
         return filtered / filtered.sum(dim=0, keepdim=True).clamp_min(1e-12)
 
     def save(self, path: str | os.PathLike) -> Path:
-        from safetensors.torch import save_file
 
-        from ..fileio import atomic_write
 
         tensors = {"linear.weight": self.weight, "linear.bias": self.bias, "standardize.mean": self.mean, "standardize.std": self.std}
         with atomic_write(path) as temporary:
@@ -113,7 +116,7 @@ class DenseHead:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "DenseHead":
+    def load(cls, path: str | os.PathLike) -> DenseHead:
         meta, tensors = load_head_file(path, kind="dense")
         return cls(meta, *(tensors[k].double() for k in ("linear.weight", "linear.bias", "standardize.mean", "standardize.std")))
 
@@ -138,7 +141,6 @@ class DenseFitResult:
 
 
 def _embedder(model, device, dtype, resolution):
-    from .runtime import Embedder
 
     return Embedder.load(model, device=device, dtype=dtype, resolution=resolution)
 
@@ -159,8 +161,6 @@ def fit_dense_probe(
 ) -> DenseFitResult:
     """Train a linear segmentation head on the patch features of `images` labelled by the masks in the
     folder `masks` (see the module docstring for the mask conventions)."""
-    from ..images import load_image
-    from .sources import collect_images
 
     masks = Path(masks)
     if not masks.is_dir():
@@ -249,8 +249,6 @@ def predict_dense(
 ) -> list[DensePrediction]:
     """Segment every image named by `images` with the head (embedded with the head's model and resolution,
     or `embedder` / `model`, whose width must match)."""
-    from ..images import ImageLoadError, load_image
-    from .sources import collect_images
 
     head = head if isinstance(head, DenseHead) else DenseHead.load(head)
     paths = [str(p) for p in collect_images(images)]
@@ -292,7 +290,6 @@ def overlay_image(image: Image.Image, labels: torch.Tensor, head: DenseHead, alp
 
 def save_dense_prediction(prediction: DensePrediction, head: DenseHead, folder: str | os.PathLike) -> tuple[Path, Path]:
     """Write STEM_mask.png and STEM_overlay.png into `folder`."""
-    from ..fileio import atomic_write
 
     folder = Path(folder)
     stem = Path(prediction.path).stem

@@ -7,49 +7,22 @@ an error record, not a crash, unless `strict`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..fileio import OutputLock, refuse_overwriting_sources
-from ..images import ImageLoadError, load_image
-from .deps import require
-from .inputs import Item, collect_items, extra_columns, read_bytes, with_extra_columns
+from ..optional import require
+from .embed_common import COMMIT_INTERVAL_S, BadImageError, BadInput, EmbedSummary, decode_item
+from .inputs import Item, collect_items, extra_columns, with_extra_columns
 from .runtime import DEFAULT_RESOLUTION, Embedder, feature_dim, model_source
 from .store import IndexWriter, index_schema, read_meta, rows_table
-
-#: Seconds after which a chunk is committed even if it is not full, so a slow run loses little when killed.
-COMMIT_INTERVAL_S = 60.0
-
-
-class BadImageError(ValueError):
-    """Raised in strict mode for the first image that cannot be embedded."""
-
-
-@dataclass
-class EmbedSummary:
-    """What a run did: images found, embedded now, already in the index, failed, and its times: `seconds`
-    in all, `embedding_seconds` from the loaded model to the written index (the throughput's base)."""
-
-    out: Path
-    found: int
-    embedded: int
-    skipped: int
-    failed: int
-    seconds: float
-    embedding_seconds: float = 0.0
-    errors: list[dict[str, str]] = field(default_factory=list)
-
-    @property
-    def images_per_second(self) -> float:
-        return self.embedded / self.embedding_seconds if self.embedding_seconds > 0 else 0.0
 
 
 @dataclass
@@ -81,28 +54,6 @@ class _ImageFiles(Dataset):
         except BadInput as error:
             return _Item(item.key, error=str(error), extra=item.extra)
         return _Item(item.key, pixels, width, height, sha256, extra=item.extra)
-
-
-class BadInput(ValueError):
-    """An item that cannot be embedded; the message is the reason recorded in the error table."""
-
-
-def decode_item(item: Item, processor, max_bytes: int | None = None) -> tuple[torch.Tensor, int, int, str]:
-    """Read, hash, decode and preprocess one item: (pixels [3, H, W], width, height, sha256 hex).
-    Raises `BadInput` with the reason (shared by both engines, so that they record the same errors)."""
-    try:
-        data = read_bytes(item, max_bytes)
-        image = load_image(data)
-        pixels = processor(image, return_tensors="pt")["pixel_values"][0]
-    except ImageLoadError as error:
-        raise BadInput(error.reason) from error
-    except FileNotFoundError as error:
-        raise BadInput("no such file") from error
-    except OSError as error:
-        raise BadInput(f"cannot read the file ({error.strerror or error})") from error
-    except ValueError as error:
-        raise BadInput(f"cannot preprocess the image ({error})") from error
-    return pixels, image.width, image.height, hashlib.sha256(data).hexdigest()
 
 
 def _collate(items: list[_Item]) -> tuple[list[_Item], torch.Tensor | None]:
@@ -240,7 +191,7 @@ def _embed_locked(
     )
 
 
-def _embed_batches(loader, embedder: Embedder, writer: IndexWriter, chunk: "_Chunk", *, chunk_size: int, strict: bool, progress: bool) -> int:
+def _embed_batches(loader, embedder: Embedder, writer: IndexWriter, chunk: _Chunk, *, chunk_size: int, strict: bool, progress: bool) -> int:
     """Run the model on every batch, committing a chunk when it is full or old; returns the failures."""
     tqdm = require("tqdm").tqdm
     failed = 0

@@ -16,13 +16,21 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
+from ..images import ImageLoadError, load_image
 from ..models.heads import DPT_PRESETS, DINOv3DepthEstimator, DINOv3LinearClassifier, DPTConfig
+from ..processing import processor_for_model
+from ..weights.files import open_torch_pickle
+from .runtime import load_image_model, model_source
+from .sources import collect_images
 
 #: Meta's linear-head file (a state dict of nn.Linear) → our module names, as (Meta pattern, ours).
 META_LINEAR_HEAD_KEYS = (
@@ -67,7 +75,6 @@ def map_keys(state: dict[str, torch.Tensor], rules: Sequence[tuple[str, str]], s
 
 def read_meta_head(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a Meta head `.pth` (read with weights_only)."""
-    from ..weights.files import open_torch_pickle
 
     path = Path(path)
     if not path.is_file():
@@ -103,9 +110,8 @@ def load_linear_classifier(
     """Meta's linear classifier: `backbone` (a loaded DINOv3ViTModel, or any source AutoModel reads: Meta
     .pth, transformers folder, hub id) with the head file `head` on top."""
     if not isinstance(backbone, torch.nn.Module):
-        from .runtime import load_model, model_source
 
-        backbone = load_model(model_source(backbone), torch.device(device), dtype)
+        backbone = load_image_model(model_source(backbone), torch.device(device), dtype)
     if not hasattr(backbone.config, "hidden_size") or not hasattr(backbone.config, "num_prefix_tokens"):
         raise HeadMismatchError(f"{head}: Meta's linear classifier heads sit on DINOv3 ViT backbones, not on {type(backbone).__name__}")
     state = linear_head_state(head, backbone.config.hidden_size)
@@ -127,9 +133,6 @@ class Classification:
 def classify_images(classifier: DINOv3LinearClassifier, images: Sequence[str | os.PathLike], *, top_k: int = 5,
                     resolution: int = 224, batch_size: int = 16) -> list[Classification]:
     """Top-k classes of each image (resized to `resolution` square, the model's normalisation)."""
-    from ..images import ImageLoadError, load_image
-    from ..processing import processor_for_model
-    from .sources import collect_images
 
     processor = processor_for_model(classifier.backbone, size={"height": resolution, "width": resolution})
     paths = [str(p) for p in collect_images(images)]
@@ -178,9 +181,8 @@ def load_depth_estimator(
     file `head`. `preset` ("dinov3_vit7b16_dd" or "dinov3_vitl16_chmv2") is inferred from the file (CHMv2's
     head reads the CLS token) unless given; `out_layers` overrides the blocks the preset reads."""
     if not isinstance(backbone, torch.nn.Module):
-        from .runtime import load_model, model_source
 
-        backbone = load_model(model_source(backbone), torch.device(device), dtype)
+        backbone = load_image_model(model_source(backbone), torch.device(device), dtype)
     if not hasattr(backbone, "get_intermediate_layers") or not hasattr(backbone.config, "num_prefix_tokens"):
         raise HeadMismatchError(f"{head}: Meta's DPT heads sit on DINOv3 ViT backbones, not on {type(backbone).__name__}")
     raw = read_meta_head(head)
@@ -214,10 +216,7 @@ def estimate_depth(estimator: DINOv3DepthEstimator, image, *, resolution: int | 
     The model sees the image with its shorter side at `resolution` (aspect ratio kept; None: at its own
     size, as Meta's CHMv2 notebook), normalised as the preset says, zero-padded (centred) to the patch
     size; the map is cropped back and resized bilinearly to the image."""
-    import torch.nn.functional as F
 
-    from ..images import load_image
-    from ..processing import processor_for_model
 
     config = estimator.config
     resolution = config.resolution if resolution == "preset" else resolution
@@ -233,8 +232,6 @@ def estimate_depth(estimator: DINOv3DepthEstimator, image, *, resolution: int | 
 def colorize_depth(depth: torch.Tensor, *, invert: bool = True):
     """A PIL image of a depth (or height) map in the Turbo colour map, scaled between its 2nd and 98th
     percentiles; `invert` makes small values bright (near objects, for depth)."""
-    import numpy as np
-    from PIL import Image
 
     values = depth.float().numpy()
     low, high = np.percentile(values, [2, 98])
@@ -246,7 +243,6 @@ def colorize_depth(depth: torch.Tensor, *, invert: bool = True):
 
 def turbo(x):
     """Google's Turbo colour map (polynomial approximation): [..] in [0, 1] → [.., 3] RGB in [0, 1]."""
-    import numpy as np
 
     x = np.clip(x, 0.0, 1.0)[..., None]
     red = (0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943)

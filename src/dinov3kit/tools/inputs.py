@@ -20,12 +20,13 @@ import io
 import os
 import re
 import tarfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Iterable, Iterator
 from urllib.parse import urlparse
 
 from ..fileio import default_max_bytes
+from ..optional import require
 from .sources import IMAGE_SUFFIXES, SourceError, collect_images, read_image_bytes
 
 #: Extra index columns of WebDataset rows (strings, null where a sample has none).
@@ -104,7 +105,6 @@ def _table_items(table: str, path_column: str | None) -> Iterator[Item]:
     try:
         data = _read_all(table)
         if suffix in TABLE_SUFFIXES:
-            from .deps import require
 
             columns = require("pyarrow.parquet").read_table(io.BytesIO(data))
             names = columns.column_names
@@ -250,7 +250,6 @@ def extra_columns(items: Iterable[Item]) -> list[str]:
 
 def with_extra_columns(schema, names: list[str]):
     """`schema` (the index's) plus nullable string columns `names`."""
-    from .deps import require
 
     pa = require("pyarrow")
     for name in names:

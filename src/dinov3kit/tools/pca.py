@@ -9,7 +9,7 @@ PCA of the foreground patches only.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

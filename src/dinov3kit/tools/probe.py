@@ -18,17 +18,24 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
+from ..fileio import atomic_write
+from ..images import ImageLoadError, load_image
+from ..optional import require
 from . import probe_math as pm
-from .deps import require
+from .runtime import Embedder
+from .sources import collect_images
+from .store import read_index
 
 HEAD_FORMAT = "dinov3kit-probe"
 HEAD_VERSION = 1
@@ -138,7 +145,6 @@ class IndexFeatures:
 
 def index_features(index: str | os.PathLike, features: str = DEFAULT_FEATURES) -> IndexFeatures:
     """Read the features a probe uses from an index made by `dinov3kit embed`."""
-    from . import read_index  # the public name (it may move between modules)
 
     cls = read_index(index, "cls")
     mean = read_index(index, "mean_patch") if features == "cls+mean_patch" else None
@@ -184,9 +190,7 @@ class ProbeHead:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the head as one safetensors file (JSON description in its metadata), atomically."""
-        from safetensors.torch import save_file
 
-        from ..fileio import atomic_write
 
         path = Path(path)
         with atomic_write(path) as temporary:
@@ -194,7 +198,7 @@ class ProbeHead:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ProbeHead":
+    def load(cls, path: str | os.PathLike) -> ProbeHead:
         meta, tensors = load_head_file(path, kind="classifier")
         return cls(
             meta, tensors["linear.weight"].double(), tensors["linear.bias"].double(),
@@ -205,7 +209,6 @@ class ProbeHead:
 
 def load_head_file(path: str | os.PathLike, kind: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """The description and tensors of a probe head file of `kind` ("classifier" or "dense")."""
-    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
@@ -390,9 +393,6 @@ def embed_for_probe(head_meta: dict, inputs: Sequence[str | os.PathLike], *, emb
                     device="auto", dtype="auto", batch_size: int = 32, progress: bool = False):
     """Probe features of images: (all paths, paths embedded, their [N, F] features, {path: error} of the
     others). An explicit `embedder` or `model` is checked only for its width (it may be a moved copy)."""
-    from ..images import ImageLoadError, load_image
-    from .runtime import Embedder
-    from .sources import collect_images
 
     paths = [str(p) for p in collect_images(inputs)]
     if not paths:
@@ -425,7 +425,6 @@ def embed_for_probe(head_meta: dict, inputs: Sequence[str | os.PathLike], *, emb
 def write_predictions(predictions: Sequence[Prediction], classes: Sequence[str], out: str | os.PathLike) -> Path:
     """Write predictions as CSV or Parquet (by the suffix of `out`): path, label, probability, error and
     one `p_<class>` column per class."""
-    from ..fileio import atomic_write
 
     out = Path(out)
     columns = {

@@ -6,8 +6,8 @@ Conventions: features `x` [N, D] float, labels `y` [N] int64 in 0..C-1, probabil
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,7 @@ class Standardizer:
     std: torch.Tensor  # [D]
 
     @classmethod
-    def fit(cls, x: torch.Tensor) -> "Standardizer":
+    def fit(cls, x: torch.Tensor) -> Standardizer:
         x = x.double()
         std = x.std(dim=0, unbiased=False)
         return cls(x.mean(dim=0), torch.where(std > 1e-8, std, torch.ones_like(std)))

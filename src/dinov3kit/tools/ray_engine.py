@@ -22,16 +22,18 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
+from ..auto import AutoConfig
 from ..fileio import OutputLock, atomic_write
-from .deps import require
-from .embed import COMMIT_INTERVAL_S, BadImageError, BadInput, EmbedSummary, decode_item
+from ..optional import require
+from ..processing import processor_for_model
+from .embed_common import COMMIT_INTERVAL_S, BadImageError, BadInput, EmbedSummary, decode_item
 from .inputs import Item, collect_items, extra_columns, with_extra_columns
 from .runtime import DEFAULT_RESOLUTION, Embedder, feature_dim, model_source
 from .store import (
@@ -157,8 +159,6 @@ def embed_with_ray(
 
 def processor_for_source(source: str, resolution: int):
     """The preprocessing `Embedder` would use, from the checkpoint's config alone (no weights on the driver)."""
-    from ..auto import AutoConfig
-    from ..processing import processor_for_model
 
     processor = processor_for_model(AutoConfig.from_pretrained(source), size={"height": resolution, "width": resolution})
     if resolution < processor.patch_size:
@@ -302,7 +302,7 @@ class ModelActor:
         return output
 
 
-def _consume(dataset, shards: "ShardWriter", total: int, extra: list[str], *, batch_size: int, chunk_size: int, strict: bool,
+def _consume(dataset, shards: ShardWriter, total: int, extra: list[str], *, batch_size: int, chunk_size: int, strict: bool,
              progress: bool) -> int:
     """Pull the dataset's batches, committing a shard when it is full or old; returns the failures."""
     tqdm = require("tqdm").tqdm

@@ -16,8 +16,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..auto import AutoModel
+from ..processing import processor_for_model
 from ..weights.errors import CheckpointError
-from ..weights.placement import resolve_device, resolve_dtype
+from .devices import pick_device, pick_dtype
+from .text_models import is_text_model_source, load_image_tower
 
 DEFAULT_MODEL = "facebook/dinov3-vits16-pretrain-lvd1689m"
 MODEL_ENV = "DINOV3KIT_MODEL"
@@ -37,26 +40,6 @@ def model_source(model: str | os.PathLike | None = None) -> str:
     source = str(model) if model else os.environ.get(MODEL_ENV) or DEFAULT_MODEL
     path = Path(source).expanduser()
     return os.path.abspath(path) if path.exists() else source
-
-
-def pick_device(device: str | torch.device | None = "auto") -> torch.device:
-    """"auto" (the default here): CUDA, then MPS, then the CPU, as everywhere (`resolve_device`)."""
-    return resolve_device("auto" if device is None else device)
-
-
-#: The --dtype help of every command.
-DTYPE_HELP = "auto (bf16 on GPUs and on CPUs with AMX or AVX512-BF16, else fp32), bf16, fp16, fp32"
-
-
-def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """"auto" here is `resolve_dtype`'s "fast" (`fast_dtype`: bfloat16 on GPUs and on CPUs with bf16 matrix
-    units, float32 elsewhere); otherwise a dtype or its name (bf16, fp16, fp32)."""
-    if dtype in (None, "auto", "fast"):
-        return resolve_dtype("fast", device=device)
-    try:
-        return resolve_dtype(dtype)
-    except ValueError:
-        raise ValueError(f"dtype must be auto, bf16, fp16 or fp32, got {dtype!r}") from None
 
 
 class ModelUnavailableError(CheckpointError):
@@ -89,12 +72,11 @@ def how_to_get_weights(source: str) -> str:
     )
 
 
-def load_model(source: str, device: torch.device, dtype: torch.dtype | None):
-    """A DINOv3 model (ViT or ConvNeXt) from a hub id, a transformers folder or a Meta .pth file
-    (`dtype` None keeps the stored dtype). Raises `ModelUnavailableError` saying how to get weights."""
-    from ..auto import AutoModel
-    from .text import is_text_model_source, load_image_tower
-
+def load_image_model(source: str, device: torch.device, dtype: torch.dtype | None):
+    """The image model of any checkpoint a tool is given: a DINOv3 ViT or ConvNeXt from a hub id, a
+    transformers folder or a Meta .pth file, or a dino.txt model's `ImageTower` (`dtype` None keeps the
+    stored dtype). Unlike `weights.load_model` (one given class), it recognises the kind of model, and
+    raises `ModelUnavailableError` saying how to get weights."""
     if is_text_model_source(source):  # dino.txt: its image side, whose embedding aligns with text
         return load_image_tower(source, device, dtype)
     try:
@@ -121,7 +103,6 @@ class Embedder:
     """A loaded model with its preprocessing, turning images into features."""
 
     def __init__(self, model, source: str, resolution: int = DEFAULT_RESOLUTION) -> None:
-        from ..processing import processor_for_model
 
         self.model, self.source, self.resolution = model, source, int(resolution)
         self._fingerprint: dict | None = None
@@ -138,11 +119,11 @@ class Embedder:
         device: str | torch.device | None = "auto",
         dtype: str | torch.dtype | None = "auto",
         resolution: int = DEFAULT_RESOLUTION,
-    ) -> "Embedder":
+    ) -> Embedder:
         """Load the checkpoint `model` (see `model_source`) on `device` in `dtype` (both "auto" by default)."""
         source = model_source(model)
         device = pick_device(device)
-        return cls(load_model(source, device, pick_dtype(dtype, device)), source, resolution)
+        return cls(load_image_model(source, device, pick_dtype(dtype, device)), source, resolution)
 
     @property
     def device(self) -> torch.device:

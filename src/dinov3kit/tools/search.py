@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 
-from .deps import require
+from ..optional import require
 from .runtime import Embedder
 from .sources import load_image_file
 from .store import Index, check_same_model

@@ -7,8 +7,8 @@ import csv
 import glob
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from PIL import Image
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..fileio import atomic_write
-from .deps import require
+from ..optional import require
 
 pa = require("pyarrow")
 pq = require("pyarrow.parquet")
@@ -408,7 +408,6 @@ def read_folder_meta(folder: Path) -> dict:
 def merge_index(folder: str | os.PathLike, out: str | os.PathLike) -> dict:
     """Compact the folder index `folder` into the single index file `out` (atomically; each path once)
     and return its metadata."""
-    from ..fileio import atomic_write
 
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():

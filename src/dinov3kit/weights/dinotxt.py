@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
 
-from ..configs import CONFIG_NAME
+from ..configs import CONFIG_NAME, DINOv3TextConfig, swiglu_hidden
 from ..fileio import atomic_write
-from ..models.dinotxt import DINOv3TextConfig, DINOv3TextModel, swiglu_hidden
-from ..models.vit import DINOv3ViTModel
+from ..source import SAFE_WEIGHTS_NAME
 from .errors import CheckpointError
+from .placement import resolve_device, resolve_dtype
 
-WEIGHTS_NAME = "model.safetensors"
 #: Head width of Meta's text transformer (1280 / 20); used when the number of heads is not given.
 TEXT_HEAD_DIM = 64
 
@@ -132,21 +134,16 @@ def infer_config(
     return config
 
 
-def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    if dtype is None or dtype == "auto":
-        return None
-    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
-
-
 def _assemble(
+    model_class: type[nn.Module],
     config: DINOv3TextConfig,
-    backbone: DINOv3ViTModel | None,
+    backbone: nn.Module | None,
     state: dict[str, torch.Tensor],
     origin: str,
-) -> DINOv3TextModel:
+) -> nn.Module:
     """Build the model without initialising it (meta tensors) and assign the loaded tensors."""
     with torch.device("meta"):
-        model = DINOv3TextModel(config)
+        model = model_class(config)
     if backbone is not None:
         model.backbone = backbone
     expected = {k for k in model.state_dict() if backbone is None or not k.startswith("backbone.")}
@@ -162,28 +159,29 @@ def _assemble(
 
 
 def load_dinotxt(
+    model_class: type[nn.Module],
     source: str | os.PathLike,
     *,
-    backbone: str | os.PathLike | DINOv3ViTModel | None,
+    backbone: str | os.PathLike | nn.Module | None,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
     overrides: dict[str, Any] | None = None,
-) -> DINOv3TextModel:
-    """A dino.txt model from our folder, or from Meta's head-and-text `.pth` plus a backbone."""
+) -> nn.Module:
+    """A dino.txt `model_class` from our folder, or from Meta's head-and-text `.pth` plus a backbone (a
+    loaded model, or a source for `model_class.backbone_class.from_pretrained`)."""
     overrides = dict(overrides or {})
     path = Path(source)
-    dtype = _dtype(dtype)
+    device = None if device is None else resolve_device(device)
+    dtype = None if dtype in (None, "auto") else resolve_dtype(dtype, device=device)  # None: as stored
     if path.is_dir():
         if backbone is not None:
             raise ValueError(f"{path} is a saved dino.txt folder and holds its backbone; do not pass backbone=")
-        from safetensors.torch import load_file
-
-        if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(f"{path} has no {CONFIG_NAME} and {WEIGHTS_NAME}; is it a saved dino.txt model?")
+        if not (path / CONFIG_NAME).is_file() or not (path / SAFE_WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{path} has no {CONFIG_NAME} and {SAFE_WEIGHTS_NAME}; is it a saved dino.txt model?")
         config = DINOv3TextConfig.from_json_file(path / CONFIG_NAME)
         if overrides:
             config = DINOv3TextConfig.from_dict(config.to_dict(), **overrides)
-        model = _assemble(config, None, load_file(str(path / WEIGHTS_NAME)), str(path))
+        model = _assemble(model_class, config, None, load_file(str(path / SAFE_WEIGHTS_NAME)), str(path))
     elif path.is_file():
         if backbone is None:
             raise ValueError(
@@ -196,37 +194,24 @@ def load_dinotxt(
         ours = meta_to_ours(state, str(path))
         vision = (
             backbone
-            if isinstance(backbone, DINOv3ViTModel)
-            else DINOv3ViTModel.from_pretrained(backbone, dtype=dtype, device=device)
+            if isinstance(backbone, nn.Module)
+            else model_class.backbone_class.from_pretrained(backbone, dtype=dtype, device=device)
         )
         config = infer_config(ours, vision.config.to_dict(), overrides, str(path))
-        model = _assemble(config, vision, ours, str(path))
+        model = _assemble(model_class, config, vision, ours, str(path))
     else:
         raise FileNotFoundError(f"{source}: no such dino.txt folder or checkpoint file")
-    return _place(model.eval(), dtype, device)
+    return model.eval().to(device=device, dtype=dtype)
 
 
-def _place(model: DINOv3TextModel, dtype: torch.dtype | None, device: torch.device | str | None) -> DINOv3TextModel:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    kwargs: dict[str, Any] = {}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if device is not None:
-        kwargs["device"] = device
-    return model.to(**kwargs) if kwargs else model
-
-
-def save_dinotxt(model: DINOv3TextModel, folder: str | os.PathLike) -> Path:
+def save_dinotxt(model: nn.Module, folder: str | os.PathLike) -> Path:
     """Write `config.json` and `model.safetensors` (backbone included) into `folder`; returns the folder."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = DINOv3TextConfig.from_dict(model.config.to_dict(), vision_config=model.backbone.config.to_dict())
     config.extra.update(architectures=[type(model).__name__], dtype=str(model.dtype).removeprefix("torch."))
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    _write(folder / WEIGHTS_NAME, lambda temporary: save_file(state, str(temporary), metadata={"format": "pt"}))
+    _write(folder / SAFE_WEIGHTS_NAME, lambda temporary: save_file(state, str(temporary), metadata={"format": "pt"}))
     _write(folder / CONFIG_NAME, lambda temporary: temporary.write_text(config.to_json_string(), encoding="utf-8"))
     return folder
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from ..errors import CheckpointError
 from ..source import SAFE_WEIGHTS_INDEX_NAME, Source
@@ -35,7 +36,6 @@ class TensorFile:
 
 def open_safetensors(paths: list[Path], weight_map: dict[str, str] | None = None) -> TensorFile:
     """Open one or several safetensors files (a shard set when `weight_map` is given)."""
-    from safetensors import safe_open
 
     handles = {}
     for path in paths:

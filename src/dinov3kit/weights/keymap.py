@@ -9,12 +9,13 @@ that the model does not have (a disabled key bias) must hold zeros in the checkp
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
 
 import torch
 
 from ..errors import CheckpointError
+from .copies import concatenate
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -93,8 +94,8 @@ def translate(
         template = next(iter(loaded.values()))
         # Writing a fused layout: a slot our model does not have (a disabled bias) is written as zeros.
         tensors = [loaded[k] if k in loaded else template.new_zeros(template.shape) for k in sources]
-        joined = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
-        parts = [joined] if len(targets) == 1 else [part.clone() for part in joined.chunk(len(targets))]
+        joined = tensors[0] if len(tensors) == 1 else concatenate(tensors)
+        parts = [joined] if len(targets) == 1 else [concatenate([part]) for part in joined.chunk(len(targets))]
         for target, part in zip(targets, parts):
             if wanted is None or target in wanted:
                 shape = None if wanted is None else wanted[target]

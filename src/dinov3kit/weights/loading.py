@@ -6,26 +6,28 @@ file, converted to the target dtype and device, and assigned: no second full cop
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from ..configs import CONFIG_CLASSES, DINOv3ViTConfig
 from ..errors import CheckpointError
-from ..fileio import atomic_write, refuse_overwriting_sources
-from ..models.rope import rope_periods
+from ..fileio import atomic_write, parse_size, refuse_overwriting_sources
+from ..rope_math import rope_periods
 from ..source import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, HubOptions, Source, resolve_source
 from . import hf, meta
+from .copies import convert
 from .files import TensorFile, open_source
 from .keymap import KeyRule, translate
-from .placement import device_of, dispatch, parse_size, resolve_device, resolve_device_map, resolve_dtype
+from .placement import device_of, dispatch, resolve_device, resolve_device_map, resolve_dtype
 
 #: Config key under which a saved folder keeps RoPE periods that differ from the ones rope_theta gives
 #: (Meta checkpoints store them rounded to bf16). transformers ignores it; we use it to stay exact.
@@ -173,18 +175,17 @@ def load_model(
 
     def finalize(key: str, tensor: torch.Tensor) -> torch.Tensor:
         wanted_dtype = torch.float32 if key in FLOAT32_KEYS else target_dtype
-        return tensor.to(device=device_of(devices, key), dtype=wanted_dtype if tensor.is_floating_point() else None)
+        return convert(tensor, device_of(devices, key), wanted_dtype if tensor.is_floating_point() else None)
 
-    with single_threaded():
-        state, used = translate(
-            [r for r in layout.rules(config) if not _reads_only_ignorable(r, expected, layout.ignored)],
-            lambda key: read(original[key]),
-            original,
-            expected,
-            direction="to_ours",
-            origin=source.name,
-            finalize=finalize,
-        )
+    state, used = translate(
+        [r for r in layout.rules(config) if not _reads_only_ignorable(r, expected, layout.ignored)],
+        lambda key: read(original[key]),
+        original,
+        expected,
+        direction="to_ours",
+        origin=source.name,
+        finalize=finalize,
+    )
     for key, value in layout.derived(config).items():
         state.setdefault(key, finalize(key, value))
     for key, shape in expected.items():
@@ -205,18 +206,6 @@ def _reads_only_ignorable(rule: KeyRule, expected: dict[str, torch.Size], ignore
     return not any(key in expected for key in rule.ours) and all(
         any(p.fullmatch(key) for p in ignored) for key in rule.theirs
     )
-
-
-@contextlib.contextmanager
-def single_threaded():
-    """Run tensor copies on one thread: copying freshly allocated memory is bound by page faults, which
-    threads of one process serialise on; measured 2-3x faster than two threads for a ViT-B load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def check_state(
@@ -270,7 +259,6 @@ def save_model(model, folder: str | os.PathLike, *, max_shard_size: int | str = 
     none, never half of one). Writing over the files the model was loaded from is refused before
     anything is written: they may still be mapped into the model's memory.
     """
-    from safetensors.torch import save_file  # optional at import time: only saving needs it
 
     refuse_unsavable(model)
     folder = Path(folder)

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from ..configs import ConfigError, DINOv3ConvNextConfig, DINOv3ViTConfig
-from ..variants import dataset_in_name, find_convnext_variant, find_vit_variant
 from ..errors import CheckpointError
+from ..variants import dataset_in_name, find_convnext_variant, find_vit_variant
 from .files import TensorFile
 from .keymap import KeyRule, rule, weight_and_bias
 

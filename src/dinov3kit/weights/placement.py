@@ -9,13 +9,13 @@ the hidden states to the next part's device, so the forward pass needs no other 
 from __future__ import annotations
 
 import os
-import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from ..backend.cpu import has_half_matmul_units
+from ..fileio import parse_size
 
 #: Share of a device's free memory that weights may take; the rest is left for activations and workspaces.
 WEIGHT_SHARE = 0.9
@@ -81,22 +81,11 @@ def memory_budgets(max_memory: Mapping | None = None) -> list[tuple[torch.device
     as in transformers) sets the budgets of the devices it names and leaves out the others.
     """
     if max_memory is not None:
-        budgets = {_as_device(key): parse_size(value) for key, value in max_memory.items()}
+        budgets = {_as_device(key): parse_size(value, minimum=0) for key, value in max_memory.items()}
     else:
         devices = [torch.device("cuda", i) for i in range(torch.cuda.device_count())] + [torch.device("cpu")]
         budgets = {device: int(WEIGHT_SHARE * free_memory(device)) for device in devices}
     return sorted(budgets.items(), key=lambda item: (item[0].type == "cpu", item[0].type, item[0].index or 0))
-
-
-def parse_size(size: int | str) -> int:
-    """Bytes from an int or a string such as "5GB", "500MB", "2GiB"."""
-    if isinstance(size, int):
-        return size
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)?\s*", size, re.IGNORECASE)
-    if not match:
-        raise ValueError(f"cannot read size {size!r}; use an int or e.g. '5GB'")
-    units = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
-    return int(float(match.group(1)) * units.get((match.group(2) or "").lower(), 1))
 
 
 #: dtype names accepted everywhere (from_pretrained, pipeline, the tools' --dtype).
@@ -185,7 +174,7 @@ def resolve_device_map(
 def device_of(device_map: Mapping[str, torch.device], key: str) -> torch.device | None:
     """The device of a parameter or module name: the entry with the longest matching prefix."""
     best = None
-    for name, device in device_map.items():
+    for name in device_map:
         if (name == "" or key == name or key.startswith(name + ".")) and (best is None or len(name) > len(best)):
             best = name
     return None if best is None else device_map[best]

@@ -39,7 +39,7 @@ class DPTConfig:
     resolution: int | None = 512  # shorter side the image is resized to; None: its own size
     normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (mean, std); None: the backbone's
 
-    def scaled(self, **changes) -> "DPTConfig":
+    def scaled(self, **changes) -> DPTConfig:
         return replace(self, **changes)
 
 
