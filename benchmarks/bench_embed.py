@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import common
 import torch
 from PIL import Image
 
@@ -110,6 +111,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     ratio = end_to_end / model_rate
     photo = f"{args.photo_size}px photos" if args.photo_size else "sample photos (<= 640 px)"
+    print(common.machine())
     print(f"{args.variant} (random weights), {args.resolution}px, batch {args.batch_size}, {device} {str(dtype).removeprefix('torch.')}, "
           f"{torch.get_num_threads()} torch threads, {workers} decoding workers, {args.images} {photo}, best of {args.repeats}")
     print(f"{'mode':<22}{'images/s':>10}{'of model-only':>16}")

@@ -191,6 +191,35 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[objec
     print(flush=True)
 
 
+#: CPU flags (/proc/cpuinfo) that decide which matrix kernels run, in the order they are named.
+MATRIX_FLAGS = {
+    "amx_bf16": "AMX-BF16",
+    "amx_int8": "AMX-INT8",
+    "amx_fp16": "AMX-FP16",
+    "avx512_bf16": "AVX512-BF16",
+    "avx512_fp16": "AVX512-FP16",
+    "avx512_vnni": "AVX512-VNNI",
+    "avx_vnni": "AVX-VNNI",
+    "avx512f": "AVX512",
+    "avx2": "AVX2",
+}
+
+
+def matrix_isa() -> str:
+    """The CPU's matrix instruction sets (AMX, AVX512-BF16, VNNI, ...), as its flags list them: what tells a
+    table measured on a Xeon with AMX from one measured on an EPYC without bf16 units."""
+    try:
+        flags = next(
+            line.split(":", 1)[1].split()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("flags")
+        )
+    except (OSError, StopIteration):
+        return f"matrix ISA unknown on {platform.machine()}"
+    found = [name for flag, name in MATRIX_FLAGS.items() if flag in flags]
+    return ", ".join(found) or "no AVX2"
+
+
 def machine() -> str:
     """One line naming the CPU (and GPU), thread count and library versions."""
     import torch
@@ -203,7 +232,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    parts = [f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"]
+    parts = [f"{cpu} ({matrix_isa()}), {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"]
     if torch.cuda.is_available():
         parts.append(torch.cuda.get_device_name())
     if hasattr(os, "getloadavg"):  # other processes skew timings; say how busy the machine was
