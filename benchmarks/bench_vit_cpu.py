@@ -7,6 +7,10 @@ Each case saves one random checkpoint, then runs each library in its own process
 it loads the model there, the script checks that the three give the same normed tokens, then times
 `inference_mode` forwards of a 224 px batch, one process at a time, round by round (each round runs
 about `--round-seconds` of forwards in a row per library). Images/s are medians over the rounds.
+`--clock cpu` times each process's CPU time instead of elapsed time: with `--threads 1` that is what
+a forward costs, whatever else the machine runs (with more threads it also counts OpenMP's spinning).
+`--keep-freed-memory` runs every contender with glibc keeping freed blocks (the settings of the `dinov3kit`
+command, `backend/allocator.py`), which takes page faults out of the comparison.
 `--same-process` runs the three in this process instead, where they share the C allocator (see common.py).
 `--compile` adds dinov3kit and transformers after `model.compile()` as two more contenders (each compiles
 on its first forward, before the timing) and two columns: compiled ours vs compiled transformers, and
@@ -18,11 +22,14 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import tempfile
 from pathlib import Path
 
 import common
 import torch
+
+from dinov3kit.backend.allocator import MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DEFAULT_CASES = "vits16:fp32:1,vits16:fp32:16,vitb16:fp32:1,vitb16:fp32:16,vits16:bf16:16"
@@ -79,7 +86,7 @@ def run_case(variant: str, dtype_name: str, batch: int, args: argparse.Namespace
             outputs = {name: fn().float() for name, fn in fns.items()}
             stats = common.interleaved(fns, repeats=args.repeats)
         else:
-            with common.Isolated(builders, threads=args.threads) as isolated:
+            with common.Isolated(builders, threads=args.threads, clock=args.clock) as isolated:
                 outputs = {name: isolated.output(name) for name in builders}
                 seconds = max(isolated.time(name) for name in builders)  # also the warm-up call
                 number = max(1, round(args.round_seconds / seconds))
@@ -103,7 +110,17 @@ def main() -> None:
     parser.add_argument("--same-process", action="store_true", help="run the three libraries in this process")
     parser.add_argument("--round-seconds", type=float, default=1.0, help="forwards in a row per library and round")
     parser.add_argument("--compile", action="store_true", help="also time dinov3kit and transformers compiled")
+    parser.add_argument(
+        "--clock", choices=sorted(common.CLOCKS), default="wall",
+        help="wall: elapsed time; cpu: each process's CPU time (with --threads 1, robust to other load)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keep-freed-memory", action="store_true",
+        help="run every contender with glibc keeping freed memory (as the dinov3kit command does): no page faults",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.keep_freed_memory:  # read by each contender's fresh interpreter: the same for all of them
+        os.environ.update(MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD_BYTES), MALLOC_TRIM_THRESHOLD_=str(TRIM_THRESHOLD_BYTES))
     torch.set_num_threads(args.threads)
     print(common.machine())
     rows = []
@@ -111,7 +128,8 @@ def main() -> None:
         variant, dtype_name, batch = case.split(":")
         rows.append(run_case(variant, dtype_name, int(batch), args))
         print(" | ".join(rows[-1]), flush=True)
-    where = "one process" if args.same_process else "one process per library"
+    where = "one process" if args.same_process else f"one process per library, {args.clock} clock"
+    where += ", freed memory kept" if args.keep_freed_memory else ""
     common.print_table(
         f"ViT forward on CPU, {args.size} px, {args.threads} threads, {where}, images/s (median ± half IQR)",
         ["case", *contender_names(args.compile), *(column[0] for column in ratio_columns(args.compile)), "max |diff|"],

@@ -87,18 +87,27 @@ def interleaved(
 IDLE_BEFORE_TIMING_S = 0.02
 
 
+#: How an `Isolated` contender times itself: elapsed time, or the CPU time of its process (with one torch
+#: thread, what the forward itself costs, which other processes on a shared machine barely change).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 class Isolated:
     """Contenders that each live in their own process, built there by `builders[name]()` (a picklable
-    callable returning the zero-argument function to time), with `threads` torch threads each. Only one
-    process works at a time: the others wait on their pipe. Use as a context manager; `timers()` feeds
+    callable returning the zero-argument function to time), with `threads` torch threads each, timed by
+    `clock` (see CLOCKS). Only one process works at a time: the others wait on their pipe. Use as a context manager; `timers()` feeds
     `interleaved(..., self_timed=True)` and `output(name)` returns one call's result for parity checks."""
 
-    def __init__(self, builders: dict[str, Callable[[], Callable[[], object]]], *, threads: int) -> None:
+    def __init__(
+        self, builders: dict[str, Callable[[], Callable[[], object]]], *, threads: int, clock: str = "wall"
+    ) -> None:
+        if clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
         context = multiprocessing.get_context("spawn")
         self.pipes, self.processes = {}, {}
         for name, build in builders.items():
             parent, child = context.Pipe()
-            process = context.Process(target=_serve, args=(child, build, threads), daemon=True)
+            process = context.Process(target=_serve, args=(child, build, threads, clock), daemon=True)
             process.start()
             self.pipes[name], self.processes[name] = parent, process
         for name in builders:
@@ -138,7 +147,7 @@ class Isolated:
             self.processes[name].join(timeout=60)
 
 
-def _serve(pipe, build: Callable[[], Callable[[], object]], threads: int) -> None:
+def _serve(pipe, build: Callable[[], Callable[[], object]], threads: int, clock: str = "wall") -> None:
     """The loop of an `Isolated` contender's process."""
     import traceback
 
@@ -154,10 +163,11 @@ def _serve(pipe, build: Callable[[], Callable[[], object]], threads: int) -> Non
     while (command := pipe.recv()) != "stop":
         try:
             if command[0] == "time":
-                start = time.perf_counter()
+                timer = CLOCKS[clock]
+                start = timer()
                 for _ in range(command[1]):
                     fn()
-                pipe.send(("ok", (time.perf_counter() - start) / command[1]))
+                pipe.send(("ok", (timer() - start) / command[1]))
             else:
                 pipe.send(("ok", fn().float()))
         except Exception:

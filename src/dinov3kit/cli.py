@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from .backend.allocator import keep_freed_memory
 from .cli_heads import add_head_commands
 from .cli_text import add_text_commands, run_text_search
 from .fileio import MAX_BYTES_ENV, OutputLockedError, atomic_write, parse_size
@@ -447,5 +448,12 @@ def _save_png(image, path: Path, sources: Sequence[str | os.PathLike] = ()) -> N
         image.save(temporary, format="PNG")
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `dinov3kit` command: this process is ours, so glibc may keep freed activations for reuse
+    (`backend.allocator`), then `main`."""
+    keep_freed_memory()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -6,6 +6,8 @@ reach these only through the module subclasses and fusions of `backend.modules`.
 - `cpu`: CPU products (prepacked weights, pooled outputs, oneDNN linear + GELU, fp32 products for
   half-precision models); `packing` and `pools` own the memory they keep.
 - `kernels` (+ `triton_kernels`): fused GPU kernels (RoPE, residual + LayerNorm, gated SiLU).
+- `allocator`: glibc settings that keep freed activations for reuse, applied only by the `dinov3kit`
+  command to its own process.
 
 Memory kept between calls has an owner and a `release()`: `packing.packed_weights` (shared by all threads)
 and `pools.activation_pool` (per thread). `release()` below frees both.
