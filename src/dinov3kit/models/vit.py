@@ -164,7 +164,7 @@ class DINOv3ViTPreTrainedModel(PreTrainedModel):
         count = len(blocks) + 1
         kept = None if keep is None else {index % count for index in keep} | {count - 1}
         hidden_states, attentions = [x if kept is None or 0 in kept else None], []
-        x = x.to(residual_dtype(dtype))
+        x = x.to(residual_dtype(x))
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         fused = not checkpointing and fused_kernels_usable(x)
         normed = None  # the next block's norm1(x), when the fused step of the previous block computed it
