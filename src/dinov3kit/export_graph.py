@@ -43,7 +43,8 @@ class ExportedViT(nn.Module):
         self.model = model
         self.onnx_ops = onnx_ops
         self.blocks = nn.ModuleList(
-            ExportedBlock(block, onnx_ops=onnx_ops) if plain_block(block) else BlockAsIs(block) for block in model.blocks
+            ExportedBlock(block, onnx_ops=onnx_ops) if plain_block(block) else BlockAsIs(block)
+            for block in model.blocks
         )
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
