@@ -70,7 +70,7 @@ def test_onnxruntime_fuses_the_exported_graph(tmp_path):
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     ops = collections.Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
-    assert ops["Gemm"] == 4 * layers  # qkv, proj, fc1, fc2, each with its bias
+    assert ops["Gemm"] == 6 * layers  # q, k, v, proj, fc1, fc2, each with its bias
     assert ops["Gelu"] + ops["BiasGelu"] == layers and ops["Erf"] == 0
     assert ops["LayerNormalization"] + ops["SkipLayerNormalization"] == 2 * layers + 1
-    assert ops["ScatterND"] == 0 and ops["Transpose"] <= 4 * layers + 1, ops  # q, k, v and the output: 4 a block
+    assert ops["ScatterND"] == 0 and ops["Transpose"] <= 6 * layers + 1, ops  # q, k, v, output, 2 RoPE tables

@@ -7,7 +7,9 @@ cost more than the matmuls (ViT-S: 0.4x torch's speed). Here, for each plain blo
 
 - the block works on the tokens as rows [B * N, D], so each linear and its bias are one Gemm, and its
   exact GELU is written as onnxruntime's Gelu fusion expects it;
-- the layer scales are folded into the weights and biases of the projections before them;
+- the layer scales are folded into the weights and biases of the projections before them, and q, k, v
+  (and a gated MLP's gate and up halves) are separate linears: onnxruntime would copy each part out of one
+  product;
 - RoPE is computed once per graph from the input size (one file serves every resolution) as tables over
   all tokens (the prefix tokens get the identity rotation), and
 - attention is either softmax(q kᵀ · scale) v in MatMul / Softmax ops with RoPE as a swap of halves, two
@@ -99,11 +101,9 @@ class ExportedBlock(nn.Module):
         self.onnx_ops = onnx_ops
         with torch.no_grad():
             tensors = {
-                "qkv_weight": attn.qkv.weight,
-                "qkv_bias": attn.qkv_bias(),
+                **split_linear(("q", "k", "v"), attn.qkv.weight, attn.qkv_bias()),
                 **dict(zip(("proj_weight", "proj_bias"), scaled(attn.proj, block.ls1.gamma))),
-                "fc1_weight": mlp.fc1.weight,
-                "fc1_bias": mlp.fc1.bias,
+                **fc1_tensors(mlp.fc1, mlp.gated),
                 **dict(zip(("fc2_weight", "fc2_bias"), scaled(mlp.fc2, block.ls2.gamma))),
             }
         for name, tensor in tensors.items():
@@ -112,31 +112,53 @@ class ExportedBlock(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple, tables: tuple, prefix: int) -> torch.Tensor:
         batch, tokens, dim = x.shape
         x = x.reshape(batch * tokens, dim)
-        qkv = F.linear(self.norm1(x), self.qkv_weight, self.qkv_bias)
-        out = self.attention(qkv.reshape(batch, tokens, 3 * dim), tables).reshape(batch * tokens, dim)
+        normed = self.norm1(x)
+        q, k, v = (F.linear(normed, getattr(self, f"{t}_weight"), getattr(self, f"{t}_bias")) for t in "qkv")
+        out = self.attention(*(t.reshape(batch, tokens, dim) for t in (q, k, v)), tables).reshape(batch * tokens, dim)
         x = x + F.linear(out, self.proj_weight, self.proj_bias)
-        hidden = F.linear(self.norm2(x), self.fc1_weight, self.fc1_bias)
+        normed = self.norm2(x)
         if self.gated:
-            gate, up = hidden.chunk(2, dim=-1)
-            hidden = self.act(gate) * up
-        elif self.exact_gelu:  # onnxruntime fuses this form (x * 0.5 first) into one Gelu
-            hidden = hidden * 0.5 * (1 + torch.erf(hidden / math.sqrt(2)))
+            gate = F.linear(normed, self.gate_weight, self.gate_bias)
+            hidden = self.act(gate) * F.linear(normed, self.up_weight, self.up_bias)
         else:
-            hidden = self.act(hidden)
+            hidden = F.linear(normed, self.fc1_weight, self.fc1_bias)
+            if self.exact_gelu:  # onnxruntime fuses this form (x * 0.5 first) into one Gelu
+                hidden = hidden * 0.5 * (1 + torch.erf(hidden / math.sqrt(2)))
+            else:
+                hidden = self.act(hidden)
         return (x + F.linear(hidden, self.fc2_weight, self.fc2_bias)).reshape(batch, tokens, dim)
 
-    def attention(self, qkv: torch.Tensor, tables: tuple) -> torch.Tensor:
-        """Multi-head attention with RoPE on q and k: [B, N, 3D] -> [B, N, D]."""
-        batch, tokens, _ = qkv.shape
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: tuple) -> torch.Tensor:
+        """Multi-head attention with RoPE on q and k: [B, N, D] each -> [B, N, D]."""
+        batch, tokens, dim = q.shape
         heads, head_dim = self.num_heads, self.head_dim
         if self.onnx_ops:
-            q, k, v = qkv.chunk(3, dim=-1)
             q, k = (torch.onnx.ops.rotary_embedding(t, *tables, num_heads=heads) for t in (q, k))
             return torch.onnx.ops.attention(q, k, v, q_num_heads=heads, kv_num_heads=heads, scale=head_dim**-0.5)[0]
-        q, k, v = qkv.reshape(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, N, d]
+        q, k, v = (t.reshape(batch, tokens, heads, head_dim).transpose(1, 2) for t in (q, k, v))  # [B, H, N, d]
         q, k = rotate(q, *tables), rotate(k, *tables)
         weights = (q @ k.transpose(-2, -1) * head_dim**-0.5).softmax(dim=-1)
-        return (weights @ v).transpose(1, 2).reshape(batch, tokens, heads * head_dim)
+        return (weights @ v).transpose(1, 2).reshape(batch, tokens, dim)
+
+
+def fc1_tensors(fc1: nn.Linear, gated: bool) -> dict[str, torch.Tensor | None]:
+    """fc1's weight and bias; for a gated MLP, its gate and up halves as two linears."""
+    if gated:
+        return split_linear(("gate", "up"), fc1.weight, fc1.bias)
+    return {"fc1_weight": fc1.weight, "fc1_bias": fc1.bias}
+
+
+def split_linear(
+    names: tuple[str, ...], weight: torch.Tensor, bias: torch.Tensor | None
+) -> dict[str, torch.Tensor | None]:
+    """A linear whose output rows are the outputs of several, as one linear each: `{name}_weight`,
+    `{name}_bias`. Products of the parts cost less than splitting one product (onnxruntime copies each part)."""
+    weights = weight.chunk(len(names))
+    biases = (None,) * len(names) if bias is None else bias.chunk(len(names))
+    tensors = {}
+    for name, part_weight, part_bias in zip(names, weights, biases):
+        tensors[f"{name}_weight"], tensors[f"{name}_bias"] = part_weight, part_bias
+    return tensors
 
 
 def scaled(linear: nn.Linear, gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
