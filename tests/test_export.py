@@ -2,6 +2,8 @@
 resolutions and batch sizes from one file, the graph's interface (names, dynamic axes, opset), and the
 errors for models that cannot be exported."""
 
+import collections
+
 import pytest
 import torch
 
@@ -79,7 +81,11 @@ def test_graph_interface(exported):
 def test_int8_graph_keeps_features(exported, tmp_path):
     model, path = exported
     quantized = quantize_onnx(path, tmp_path / "int8.onnx")
-    assert quantized.stat().st_size < 0.5 * path.stat().st_size
+    graph = onnx.load(str(quantized)).graph
+    floats = {w.name for w in graph.initializer if w.data_type == onnx.TensorProto.FLOAT}
+    assert any(node.op_type == "MatMulInteger" for node in graph.node)
+    for node in graph.node:  # every linear layer is int8; what is left in float multiplies activations
+        assert node.op_type not in ("MatMul", "Gemm") or not floats.intersection(node.input), node.name
     pixel_values = torch.randn(2, 3, 224, 160, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(pixel_values)
@@ -87,6 +93,15 @@ def test_int8_graph_keeps_features(exported, tmp_path):
     cosine = torch.nn.functional.cosine_similarity
     assert cosine(torch.from_numpy(pooled), expected.pooler_output).min() >= 0.99
     assert cosine(torch.from_numpy(tokens), expected.last_hidden_state, dim=-1).mean(1).min() >= 0.99
+
+
+def test_from_opset_23_rope_and_attention_are_onnx_ops(tmp_path):
+    model = randomize_(DINOv3ViTModel(DINOv3ViTConfig(num_hidden_layers=2, **VITS["gated"]))).eval()
+    path = export_onnx(model, tmp_path / "model.onnx", opset=23)
+    ops = collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+    assert (ops["RotaryEmbedding"], ops["Attention"], ops["Softmax"]) == (4, 2, 0)
+    differences = onnx_max_differences(model, path, SHAPES)
+    assert max(differences.values()) <= ATOL, differences
 
 
 def test_models_that_cannot_be_exported_are_refused(tmp_path):

@@ -170,7 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(run=run_export)
     export.add_argument("model", metavar="MODEL", help="hub id, transformers folder or Meta .pth")
     export.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.onnx")
-    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    export.add_argument(
+        "--opset",
+        type=int,
+        default=None,
+        help="ONNX opset (default: the exporter's, 18; from 23 on, a ViT's RoPE and attention are ONNX "
+        "RotaryEmbedding / Attention ops: faster in onnxruntime >= 1.23, fewer other runtimes)",
+    )
     export.add_argument("--no-check", action="store_true", help="skip comparing onnxruntime with torch")
 
     merge = commands.add_parser("merge", help="compact a folder index (embed --engine ray) into one Parquet file")

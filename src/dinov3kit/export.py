@@ -3,8 +3,10 @@
 The graph has one input, `pixel_values` [batch, channels, height, width] (float32, all three sizes
 dynamic), and two outputs, `last_hidden_state` [batch, tokens, dim] and `pooler_output` [batch, dim].
 Everything that depends on the input size (the ViT's RoPE tables, token counts, pooling) is computed
-inside the graph, so one file serves every resolution. Needs the `onnx` extra:
-`pip install 'dinov3kit[onnx]'` (onnx, onnxscript for torch's exporter, onnxruntime to check the result).
+inside the graph, so one file serves every resolution. A float32 ViT is traced through
+`export_graph.ExportedViT`, the same function in the ops onnxruntime fuses (about torch's speed on CPUs).
+Needs the `onnx` extra: `pip install 'dinov3kit[onnx]'` (onnx, onnxscript for torch's exporter,
+onnxruntime to check the result).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ OUTPUT_NAMES = ("last_hidden_state", "pooler_output")
 DEFAULT_OPSET = 18
 #: Weights beyond this size go to a `<file>.data` file beside the graph (protobuf files stop at 2 GiB).
 EXTERNAL_DATA_BYTES = 1 << 30
+#: The ONNX ops `quantize_onnx` gives int8 weights.
+QUANTIZED_OPS = ("Gemm", "MatMul")
 #: (batch, height, width) at which `export_pretrained` compares onnxruntime with torch by default.
 CHECK_SHAPES = ((1, 224, 224), (2, 320, 480))
 
@@ -44,6 +48,18 @@ class FeatureGraph(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         output = self.model(pixel_values)
         return output.last_hidden_state, output.pooler_output
+
+
+def traced_module(model: nn.Module, opset: int = DEFAULT_OPSET) -> nn.Module:
+    """What `export_onnx` traces: for a float32 `DINOv3ViTModel`, `ExportedViT` (the same function in the ops
+    onnxruntime runs fast; from opset 23 on with ONNX's RotaryEmbedding and Attention ops), otherwise
+    `FeatureGraph`. Call it with the model in eval mode."""
+    from .export_graph import ONNX_ATTENTION_OPSET, ExportedViT
+    from .models.vit import DINOv3ViTModel
+
+    if type(model) is DINOv3ViTModel and model.dtype == torch.float32:
+        return ExportedViT(model, onnx_ops=opset >= ONNX_ATTENTION_OPSET).eval()
+    return FeatureGraph(model)
 
 
 def export_onnx(
@@ -88,7 +104,7 @@ def _export_graph(model: nn.Module, path: Path, *, opset: int, external_data: bo
     example = torch.randn(2, model.config.num_channels, 2 * stride, 3 * stride, generator=torch.Generator().manual_seed(0))
     with eval_mode(model), torch.no_grad():
         torch.onnx.export(
-            FeatureGraph(model),
+            traced_module(model, opset),
             (example.to(model.device),),
             str(path),
             input_names=[INPUT_NAME],
@@ -127,14 +143,22 @@ def _check_exportable(model: nn.Module) -> None:
 
 
 def quantize_onnx(path: str | os.PathLike, output: str | os.PathLike) -> Path:
-    """Write an int8 copy of an exported graph: int8 weights for every MatMul, activations quantized on the
-    fly by onnxruntime (its VNNI / AMX kernels make this the fast int8 path on x86 CPUs)."""
+    """Write an int8 copy of an exported graph: int8 weights (one scale per output channel) for every
+    linear layer (Gemm / MatMul with a weight), activations quantized on the fly by onnxruntime (its VNNI /
+    AMX-INT8 kernels make this the fast int8 path on x86 CPUs). Convolutions (the patch embedding, ConvNeXt)
+    and the matmuls between activations (attention) stay in float32."""
     quantization = require("onnxruntime.quantization", "ONNX quantization")
     output = Path(output)
 
     with suppressed_log_messages("", "pre-processing before quantization"):  # advice our graphs do not need
         with atomic_write(output, sources=[path]) as temporary:
-            quantization.quantize_dynamic(str(path), str(temporary), weight_type=quantization.QuantType.QInt8)
+            quantization.quantize_dynamic(
+                str(path),
+                str(temporary),
+                weight_type=quantization.QuantType.QInt8,
+                per_channel=True,
+                op_types_to_quantize=list(QUANTIZED_OPS),
+            )
     return output
 
 
