@@ -25,18 +25,12 @@ from dinov3kit.export import (  # noqa: E402
 from oracles.convnext_twins import hf_convnext  # noqa: E402
 from oracles.hf_twin import save_hf_vit  # noqa: E402
 from oracles.random_weights import randomize_  # noqa: E402
+from oracles.small_vits import VITS  # noqa: E402
 
 ATOL = 1e-4
 #: The acceptance shapes: 224x224, 320x480 and 512x512 at batch 1 and 3; then an input that is not a
 #: multiple of the stride (cropped). Each model also gets an image of exactly one stride.
 SHAPES = [(b, h, w) for h, w in ((224, 224), (320, 480), (512, 512)) for b in (1, 3)] + [(2, 70, 50)]
-VITS = {
-    "plain": dict(hidden_size=128, intermediate_size=256, num_attention_heads=2, num_register_tokens=4),
-    "gated": dict(
-        hidden_size=128, intermediate_size=192, num_attention_heads=2, num_register_tokens=4, use_gated_mlp=True,
-        hidden_act="silu",
-    ),
-}  # fmt: skip
 
 
 @pytest.fixture(scope="module", params=["vit-plain", "vit-gated", "convnext"])

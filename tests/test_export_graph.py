@@ -10,14 +10,9 @@ import torch
 from dinov3kit import DINOv3ViTConfig, DINOv3ViTModel
 from dinov3kit.export_graph import BlockAsIs, ExportedBlock, ExportedViT, plain_block
 from oracles.random_weights import randomize_
+from oracles.small_vits import VITS
 
-CONFIGS = {
-    "plain": dict(hidden_size=128, intermediate_size=256, num_attention_heads=2, num_register_tokens=4),
-    "gated": dict(
-        hidden_size=128, intermediate_size=192, num_attention_heads=2, num_register_tokens=4, use_gated_mlp=True,
-        hidden_act="silu",
-    ),
-}  # fmt: skip
+CONFIGS = VITS  # the export tests' plain and gated ViTs
 SIZES = [(1, 224, 224), (2, 64, 112), (1, 16, 16)]
 
 
