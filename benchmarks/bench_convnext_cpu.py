@@ -27,8 +27,9 @@ DEFAULT_CASES = "tiny:fp32:1,tiny:fp32:16,tiny:bf16:1,tiny:bf16:16"
 
 def convnext_twins(variant: str, folder: Path):
     """(ours, transformers) with the same random weights, ours loaded from transformers' saved folder."""
-    from dinov3kit import DINOv3ConvNextConfig, DINOv3ConvNextModel
     from tests.oracles.convnext_twins import hf_convnext
+
+    from dinov3kit import DINOv3ConvNextConfig, DINOv3ConvNextModel
 
     config = DINOv3ConvNextConfig.from_preset(variant)
     theirs = hf_convnext(hidden_sizes=config.hidden_sizes, depths=config.depths)

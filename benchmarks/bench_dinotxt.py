@@ -25,7 +25,6 @@ from pathlib import Path
 
 import common
 import torch
-
 from tests.oracles.dinotxt_twin import meta_dinotxt_state_dict
 from tests.oracles.meta_twin import meta_vit_state_dict
 

@@ -189,7 +189,7 @@ def run_case(case: str, args, device, dtype, peak: float, deadline: float) -> li
             vs_transformers_eager=rate / reference, compile_s=compile_s.get(name), build_s=built,
             peak_memory_gib=memory,
         ))  # fmt: skip
-    del ours, theirs, timm_model, pixels
+    ours = theirs = timm_model = pixels = None  # free the models before the next case
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -57,10 +57,10 @@ CONTENDERS = {
 def write_checkpoints(variant: str, folder: Path, dtype: str) -> tuple[Path, Path, int]:
     """The transformers folder, the Meta .pth and the weights' size in bytes (in the load dtype)."""
     import torch
+    from tests.oracles.hf_twin import hf_vit
 
     from dinov3kit import DINOv3ViTConfig
     from dinov3kit.weights import save_meta_checkpoint
-    from tests.oracles.hf_twin import hf_vit
 
     config = DINOv3ViTConfig.from_preset(variant).to_dict()
     keep = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "hidden_act",

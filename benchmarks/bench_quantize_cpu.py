@@ -22,12 +22,12 @@ from pathlib import Path
 
 import common
 import torch
+from tests.oracles.random_weights import randomize_
 from torch import nn
 
 from dinov3kit import DINOv3ConvNextConfig, DINOv3ConvNextModel, DINOv3ViTConfig, DINOv3ViTModel
 from dinov3kit.processing import DINOv3ViTImageProcessor
 from dinov3kit.quantize import QuantizationError, quantize, weights_nbytes
-from tests.oracles.random_weights import randomize_
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 SCHEMES = ("int8", "int8-dynamic", "int4", "fp8")

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import ray
-
-from common import machine, print_table
 from bench_embed import make_collection
+from common import machine, print_table
+
 from dinov3kit import DINOv3ViTConfig, DINOv3ViTModel
 from dinov3kit.tools.embed import default_workers, embed_images
 from dinov3kit.tools.inputs import collect_items

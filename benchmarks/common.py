@@ -17,9 +17,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 for path in (ROOT, ROOT / "src"):  # the test oracles build the twins; src for an uninstalled checkout
@@ -36,7 +36,7 @@ class Stats:
     samples: int
 
     @classmethod
-    def of(cls, values: Sequence[float]) -> "Stats":
+    def of(cls, values: Sequence[float]) -> Stats:
         values = sorted(values)
         median = statistics.median(values)
         if len(values) >= 4:
@@ -138,7 +138,7 @@ class Isolated:
         time.sleep(IDLE_BEFORE_TIMING_S)
         return self.ask(name, ("time", number))
 
-    def __enter__(self) -> "Isolated":
+    def __enter__(self) -> Isolated:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -271,9 +271,10 @@ def save_vit_twins(
 ) -> None:
     """Write the checkpoints `load_vit_twin` reads: transformers' random model in `folder/hf`, the same
     weights in Meta's layout in `folder/meta.pth`."""
+    from tests.oracles.hf_twin import hf_vit
+
     from dinov3kit import DINOv3ViTConfig, DINOv3ViTModel
     from dinov3kit.weights import save_meta_checkpoint
-    from tests.oracles.hf_twin import hf_vit
 
     config = DINOv3ViTConfig.from_preset(variant, **overrides).to_dict()
     keep = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "hidden_act",
@@ -295,8 +296,9 @@ def load_vit_twin(name: str, folder: Path, attn_implementation: str = "sdpa"):
         from transformers import DINOv3ViTModel as HFModel
 
         return HFModel.from_pretrained(folder / "hf", attn_implementation=attn_implementation).eval()
-    from dinov3kit import DINOv3ViTConfig
     from tests.oracles.meta_twin import timm_vit_from_meta
+
+    from dinov3kit import DINOv3ViTConfig
 
     state = torch.load(folder / "meta.pth", map_location="cpu", weights_only=True)
     num_heads = DINOv3ViTConfig.from_pretrained(folder / "hf").num_attention_heads

@@ -43,10 +43,11 @@ def check_parity(device: torch.device) -> None:
     for variant in ("vits16", "vits16plus"):
         with tempfile.TemporaryDirectory() as folder:
             ours, theirs, timm_model = common.vit_twins(variant, folder=Path(folder))
+        ours, theirs, timm_model = (model.to(device) for model in (ours, theirs, timm_model))
         models = {
-            "dinov3kit": lambda x, m=ours.to(device): m(x).last_hidden_state,
-            "transformers": lambda x, m=theirs.to(device): m(pixel_values=x).last_hidden_state,
-            "timm": lambda x, m=timm_model.to(device): m.forward_features(x),
+            "dinov3kit": lambda x, m=ours: m(x).last_hidden_state,
+            "transformers": lambda x, m=theirs: m(pixel_values=x).last_hidden_state,
+            "timm": lambda x, m=timm_model: m.forward_features(x),
         }
         with torch.inference_mode():
             fp32 = {name: fn(pixels) for name, fn in models.items()}
@@ -82,7 +83,7 @@ def check_compiled(device: torch.device) -> None:
                 diffs.append(((got - expected).norm() / expected.norm()).item())
         seconds = time.perf_counter() - start
         RESULTS[f"compiled mode={mode}"] = dict(relative_diff_vs_eager=diffs, seconds=seconds)
-        print(f"compiled mode={mode}: rel. diff vs eager {['%.1e' % d for d in diffs]} ({seconds:.0f} s)", flush=True)
+        print(f"compiled mode={mode}: rel. diff vs eager {[f'{d:.1e}' for d in diffs]} ({seconds:.0f} s)", flush=True)
 
 
 def profile(case: str, device: torch.device) -> None:

@@ -5,7 +5,7 @@ Token layout: [CLS, registers..., patches (row-major)]. RoPE acts on patch token
 
 from __future__ import annotations
 
-from typing import Collection, Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 from torch import nn
