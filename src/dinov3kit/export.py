@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from .auto import AutoModel
+from .export_graph import ONNX_ATTENTION_OPSET, ExportedViT
 from .fileio import atomic_write, input_files, refuse_overwriting_sources
+from .models.vit import DINOv3ViTModel
 from .optional import require
 from .quantize import is_quantized, suppressed_log_messages
 
@@ -54,9 +56,6 @@ def traced_module(model: nn.Module, opset: int = DEFAULT_OPSET) -> nn.Module:
     """What `export_onnx` traces: for a float32 `DINOv3ViTModel`, `ExportedViT` (the same function in the ops
     onnxruntime runs fast; from opset 23 on with ONNX's RotaryEmbedding and Attention ops), otherwise
     `FeatureGraph`. Call it with the model in eval mode."""
-    from .export_graph import ONNX_ATTENTION_OPSET, ExportedViT
-    from .models.vit import DINOv3ViTModel
-
     if type(model) is DINOv3ViTModel and model.dtype == torch.float32:
         return ExportedViT(model, onnx_ops=opset >= ONNX_ATTENTION_OPSET).eval()
     return FeatureGraph(model)
@@ -129,7 +128,6 @@ def eval_mode(model: nn.Module):
 
 
 def _check_exportable(model: nn.Module) -> None:
-
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "patch_size") or not hasattr(model, "encode"):
         raise TypeError(f"export_onnx takes a dinov3kit model (DINOv3ViTModel, DINOv3ConvNextModel), got {type(model).__name__}")
@@ -211,7 +209,6 @@ def export_pretrained(
 ) -> ExportResult:
     """`dinov3kit export`: load a checkpoint (hub id, transformers folder or Meta `.pth`; ViT or ConvNeXt)
     in float32, write it to ONNX, and with `check` compare onnxruntime against torch at `CHECK_SHAPES`."""
-
     refuse_overwriting_sources(path, input_files(source))
     model = AutoModel.from_pretrained(source, dtype=torch.float32)
     written = export_onnx(model, path, opset=opset, verbose=verbose)

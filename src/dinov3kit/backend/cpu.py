@@ -142,11 +142,12 @@ def _onednn_linear():
 def linear_gelu_usable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
     """Whether `linear_gelu` may replace linear + exact GELU: fused kernels on, and either fp32 CPU inference
     with plain weights and few rows, or a bf16 product `onednn_bf16_usable` allows."""
-    if not switches.fused_kernels or _onednn_linear() is None:
+    if not switches.fused_kernels:
         return False
     if onednn_bf16_usable(x, weight, bias):
         return True
-    return x.numel() <= LINEAR_GELU_MAX_ROWS * x.shape[-1] and fp32_inference(x, weight, bias)
+    small = x.numel() <= LINEAR_GELU_MAX_ROWS * x.shape[-1]
+    return small and fp32_inference(x, weight, bias) and _onednn_linear() is not None
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
