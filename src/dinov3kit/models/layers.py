@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backend import cpu
+from ..backend.attention import attention
 from ..backend.kernels import fused_kernels_usable, rotate_qk_
 from ..backend.modules import (
     FastConv2d,
@@ -121,7 +122,7 @@ class Attention(nn.Module):
             out = F.dropout(weights, dropout, self.training) @ v
         else:
             weights = None
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+            out = attention(q, k, v, dropout_p=dropout)
         out = out.transpose(1, 2).reshape(batch, tokens, dim)
         return self.proj(out), weights
 
