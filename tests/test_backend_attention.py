@@ -6,9 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dinov3kit import DINOv3ViTConfig, DINOv3ViTModel
 from dinov3kit.backend import attention as attention_module
 from dinov3kit.backend import cpu
 from dinov3kit.backend.attention import KEY_ALIGNMENT, PADDED_MAX_KEYS, attention, key_padding_usable, padded_key_count
+from oracles.random_weights import randomize_
 
 
 @pytest.mark.parametrize(
@@ -103,3 +105,26 @@ def test_masks_are_cached_per_shape():
     assert mask is attention_module._padding_mask(3, 5, 16, torch.bfloat16)
     assert torch.equal(mask[:, :5], torch.zeros(3, 5, dtype=torch.bfloat16))
     assert bool((mask[:, 5:] == float("-inf")).all())
+
+
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
+def test_a_bf16_vit_gives_the_same_tokens_with_and_without_padding(half_units, monkeypatch, mode):
+    """The model reaches the padded path (3 prefix + 16 patch tokens -> 32 keys), with the outputs of plain SDPA."""
+    torch.manual_seed(0)
+    config = DINOv3ViTConfig(
+        hidden_size=64, num_attention_heads=2, intermediate_size=128, num_hidden_layers=2, num_register_tokens=2,
+        image_size=64,
+    )  # fmt: skip
+    model = randomize_(DINOv3ViTModel(config)).eval().to(torch.bfloat16)
+    pixels = torch.randn(2, 3, 64, 64).bfloat16()
+    context = torch.inference_mode if mode == "inference_mode" else torch.no_grad
+    calls = spy_sdpa(monkeypatch)
+    with context():
+        padded = model(pixel_values=pixels).last_hidden_state
+    assert calls == [(32, True)] * 2
+    monkeypatch.setattr(attention_module, "key_padding_usable", lambda *tensors: False)
+    with context():
+        plain = model(pixel_values=pixels).last_hidden_state
+    assert calls[2:] == [(19, False)] * 2
+    scale = plain.float().abs().max()
+    assert (padded.float() - plain.float()).abs().max() <= 0.02 * scale

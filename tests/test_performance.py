@@ -171,7 +171,7 @@ def test_bf16_matches_fp32_on_a_real_photo(tmp_path):
     error = ((bf16 - fp32).norm() / fp32.norm()).item()
     fp32_stream_error = ((fp32_stream - fp32).norm() / fp32.norm()).item()
     their_error = ((theirs - fp32).norm() / fp32.norm()).item()
-    assert error <= their_error, (error, their_error)  # measured: 9.7e-3 vs 1.06e-2
+    assert error <= their_error, (error, their_error)  # measured: 1.02e-2 vs 1.05e-2 (2026-12-04)
     assert fp32_stream_error <= 0.8 * their_error, (fp32_stream_error, their_error)  # measured: 6.8e-3
     assert F.cosine_similarity(bf16[0], fp32[0], dim=-1).min() > 0.999
 

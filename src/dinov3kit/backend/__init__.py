@@ -5,6 +5,7 @@ reach these only through the module subclasses and fusions of `backend.modules`.
 - `modules`: `FastLinear`, `FastConv2d` and the fusions of two modules into one kernel.
 - `cpu`: CPU products (prepacked weights, pooled outputs, oneDNN linear + GELU, fp32 products for
   half-precision models); `packing` and `pools` own the memory they keep.
+- `attention`: scaled dot-product attention with the keys padded to what torch's CPU kernel wants.
 - `kernels` (+ `triton_kernels`): fused GPU kernels (RoPE, residual + LayerNorm, gated SiLU).
 - `allocator`: glibc settings that keep freed activations for reuse, applied only by the `dinov3kit`
   command to its own process.
