@@ -31,6 +31,35 @@ def tiny_model(cls=DINOv3ViTModel, **config) -> DINOv3ViTModel:
 # --- RoPE --------------------------------------------------------------------------------------------
 
 
+def test_cache_blocks_cover_the_batch_in_order_within_the_budget():
+    x = torch.empty(5, 196, 2, 6, 64, dtype=torch.bfloat16)  # ViT-S's q/k patch rows: 301 kB an image
+    workspace = torch.empty_like(x)
+    with torch.inference_mode():
+        blocks = cpu.cache_blocks(x, workspace)
+        assert blocks == [slice(i, i + 1) for i in range(5)]  # 602 kB an image with its workspace
+        assert cpu.cache_blocks(x[:, :150], None) == [slice(0, 4), slice(4, 5)]  # 230 kB an image
+        assert cpu.cache_blocks(x[:1], workspace[:1]) == [slice(None)]
+    assert cpu.cache_blocks(x.float().requires_grad_()) == [slice(None)]  # autograd: one pass, as torch
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_in_cache_blocks_gives_the_same_tokens(monkeypatch, dtype):
+    model = tiny_model().to(dtype)
+    pixels = torch.randn(3, 3, 64, 64, dtype=dtype)
+    blocks = []
+    original = cpu.cache_blocks
+    monkeypatch.setattr(cpu, "cache_blocks", lambda *tensors: blocks.append(original(*tensors)) or blocks[-1])
+    monkeypatch.setattr(cpu, "CACHE_BLOCK_BYTES", 1)  # one image a block
+    with torch.inference_mode():
+        per_image = model(pixel_values=pixels).last_hidden_state
+    assert blocks[0] == [slice(0, 1), slice(1, 2), slice(2, 3)]
+    monkeypatch.setattr(cpu, "CACHE_BLOCK_BYTES", 1 << 40)  # the whole batch
+    with torch.inference_mode():
+        whole = model(pixel_values=pixels).last_hidden_state
+    assert blocks[-1] == [slice(0, 3)]
+    assert torch.equal(per_image, whole)
+
+
 def test_rope_tables_are_cached_per_grid_in_eval_mode(monkeypatch):
     model = tiny_model()
     calls = []

@@ -114,7 +114,9 @@ class Attention(nn.Module):
         else:
             cos, sin = (table[:, None, None] for table in rope)  # [patches, 1, 1, d]: over q/k and heads
             patches_qk = qkv[:, num_prefix_tokens:, :2]  # the patch rows of q and k, in the fused buffer
-            rotate_(patches_qk, cos, sin, cpu.workspace(patches_qk.shape, cos.dtype, qkv))
+            workspace = cpu.workspace(patches_qk.shape, cos.dtype, qkv)
+            for images in cpu.cache_blocks(patches_qk, workspace):  # on CPUs a few images at a time
+                rotate_(patches_qk[images], cos, sin, None if workspace is None else workspace[images])
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # strided views [B, H, N, d], no copies
         dropout = self.dropout if self.training else 0.0
         if eager:
