@@ -181,5 +181,5 @@ def cache_blocks(x: torch.Tensor, *others: torch.Tensor | None) -> list[slice]:
     if x.shape[0] <= 1 or not cpu_inference(x):
         return [slice(None)]
     image_bytes = sum(t[0].numel() * t.element_size() for t in (x, *others) if t is not None)
-    step = max(1, CACHE_BLOCK_BYTES // max(1, image_bytes))
+    step = max(1, CACHE_BLOCK_BYTES // image_bytes)  # image_bytes > 0: cpu_inference saw a non-empty x
     return [slice(start, min(start + step, x.shape[0])) for start in range(0, x.shape[0], step)]
